@@ -1,0 +1,54 @@
+"""Shared fixtures: the example spec rendered and built once per session (the export takes a while)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tritonkit import defaults
+
+
+def free_ports(n: int) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1 (tests never bind anything else)."""
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="session")
+def example_plan():
+    from tritonkit.hardware import declared
+    from tritonkit.policy import plan
+    from tritonkit.servers import SERVERS
+    from tritonkit.spec import load_spec
+    return plan(load_spec(defaults.DEFAULT_SPEC), declared("none"), SERVERS["embedded"])
+
+
+@pytest.fixture(scope="session")
+def built_repo(tmp_path_factory, example_plan):
+    """The example spec rendered for the embedded server on CPU and built for real (MiniLM -> ONNX)."""
+    from tritonkit.build import build
+    from tritonkit.render import write_repository
+    repo = tmp_path_factory.mktemp("built") / "model_repository"
+    write_repository(example_plan, repo)
+    results = build(example_plan, repo, progress=False)
+    assert {r.status for r in results} == {"built"}, [r.summary() for r in results]
+    return repo
+
+
+@pytest.fixture(scope="session")
+def minilm_server(built_repo, tmp_path_factory):
+    """A real embedded tritonserver serving the built example repository on free loopback ports."""
+    from tritonkit.serve import EmbeddedServer, ServerOptions
+    http, grpc, metrics = free_ports(3)
+    log = tmp_path_factory.mktemp("server") / "tritonserver.log"
+    with EmbeddedServer(ServerOptions(repository=built_repo, http_port=http, grpc_port=grpc,
+                                      metrics_port=metrics, log_file=log)) as server:
+        yield server

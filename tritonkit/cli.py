@@ -1,0 +1,274 @@
+"""`tritonkit` command line: one subcommand per step of the data flow, plus `demo` that chains them.
+
+Heavy imports (torch, onnx, tritonclient, matplotlib) happen inside the subcommands, so `--help`
+is instant. A UserError becomes one message on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import defaults
+from .errors import UserError
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:  # logs and pipes: wide enough that reasons stay on one line
+        console = Console(stderr=stderr, highlight=False, width=200)
+    return console
+
+
+# --- shared pieces ---------------------------------------------------------------------------------
+
+def _planning_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to plan for")
+    g.add_argument("--spec", type=Path, default=defaults.DEFAULT_SPEC, help="model spec YAML (default: %(default)s)")
+    g.add_argument("--gpu", default="auto",
+                   help="auto (detect), none, a catalogue name (T4, A100, H100, ...), or sm=40,cc=7.5,mem=16GiB")
+    g.add_argument("--server", choices=("embedded", "ngc"), default="embedded",
+                   help="serving Triton: the embedded PyPI tritonserver (python backend only) or the NGC image")
+
+
+def _make_plan(args):
+    from .hardware import resolve
+    from .policy import plan
+    from .servers import server_target
+    from .spec import load_spec
+    return plan(load_spec(args.spec), resolve(args.gpu), server_target(args.server))
+
+
+def print_decisions(plan, console) -> None:
+    from rich.table import Table
+    table = Table(title=f"plan for {plan.gpu.describe() if plan.gpu else 'CPU'} on the {plan.server.name} server",
+                  show_lines=False)
+    for col in ("model", "decision", "value", "reason"):
+        table.add_column(col, overflow="fold")
+    for d in plan.decisions:
+        table.add_row(d.subject, d.key, d.value, d.reason)
+    console.print(table)
+
+
+# --- subcommands -----------------------------------------------------------------------------------
+
+def cmd_detect(args) -> int:
+    from dataclasses import asdict
+    from .hardware import detect
+    hw = detect()
+    if args.json:
+        print(json.dumps(asdict(hw), indent=2))
+        return 0
+    print(hw.describe())
+    for g in hw.gpus:
+        print(f"  GPU{g.index}: {g.name}: {g.sm_count} SMs, compute capability "
+              f"{g.compute_capability[0]}.{g.compute_capability[1]}, {g.memory_gib:.1f} GiB, "
+              f"precisions {', '.join(g.precisions)}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    plan = _make_plan(args)
+    if args.json:
+        from .render import plan_record
+        print(json.dumps(plan_record(plan), indent=2, sort_keys=True))
+    else:
+        print_decisions(plan, _console())
+    return 0
+
+
+def cmd_render(args) -> int:
+    from .render import check_repository, render_files, validate_files, write_repository
+    plan = _make_plan(args)
+    console = _console()
+    if args.explain:
+        print_decisions(plan, console)
+    files = render_files(plan)
+    validate_files(plan, files)
+    if args.check:
+        drift = check_repository(plan, args.out, files)
+        if drift.clean:
+            console.print(f"{args.out}: up to date ({len(files)} files)")
+            return 0
+        for label, items in (("missing", drift.missing), ("changed", drift.changed), ("not rendered", drift.extra)):
+            for rel in items:
+                console.print(f"{label}: {rel}")
+        if drift.diff:
+            sys.stdout.write(drift.diff)
+        console.print(f"{args.out} differs from what would be rendered; run `tritonkit render` to update it")
+        return 1
+    write_repository(plan, args.out, files)
+    console.print(f"rendered {len(plan.models)} models ({len(files)} files) into {args.out}; every config "
+                  "parsed with Triton's model_config schema")
+    return 0
+
+
+def cmd_build(args) -> int:
+    from .build import build
+    plan = _make_plan(args)
+    results = build(plan, args.repo, force=args.force)
+    for r in results:
+        print(r.summary())
+    return 0
+
+
+def _server_options(args):
+    from .serve import ServerOptions
+    return ServerOptions(repository=args.repo, address=args.address, http_port=args.http_port,
+                         grpc_port=args.grpc_port, metrics_port=args.metrics_port, fail_fast=not args.degraded,
+                         log_file=args.log_file)
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+    return serve(_server_options(args))
+
+
+def _bench_and_report(model, url: str, args) -> int:
+    from .bench import print_report, run_bench, write_report
+    from .workload import bench_target
+    target = bench_target(model, url, args.protocol, batch=args.batch)
+    budget = args.budget_ms if args.budget_ms is not None else model.p99_budget_ms
+    report = run_bench(target, concurrency=args.concurrency, requests_per_level=args.requests,
+                       budget_p99_ms=budget, progress=not args.no_progress)
+    print_report(report)
+    paths = write_report(report, args.reports, stem=f"bench-{model.name}-{args.protocol}")
+    print("report: " + "  ".join(str(p) for p in paths.values()))
+    print(("PASSED" if report.verdict else "FAILED") + f": {report.verdict_reason}")
+    return 0 if report.verdict else 1
+
+
+def cmd_bench(args) -> int:
+    from .spec import load_spec
+    spec = load_spec(args.spec)
+    model = spec.model(args.model) if args.model else spec.models[0]
+    port = args.grpc_port if args.protocol == "grpc" else args.http_port
+    return _bench_and_report(model, args.url or f"{defaults.BIND_ADDRESS}:{port}", args)
+
+
+def cmd_demo(args) -> int:
+    """detect -> plan -> render -> build -> serve (embedded) -> bench -> stop."""
+    from .build import build
+    from .render import write_repository
+    from .serve import EmbeddedServer
+    console = _console()
+    args.server = "embedded"
+    plan = _make_plan(args)
+    print_decisions(plan, console)
+    write_repository(plan, args.repo)
+    console.print(f"[1/4] rendered {args.repo}")
+    for r in build(plan, args.repo):
+        console.print(f"[2/4] {r.summary()}")
+    from .spec import load_spec
+    spec = load_spec(args.spec)
+    with EmbeddedServer(_server_options(args)) as server:
+        console.print(f"[3/4] embedded Triton {server.triton.version} ready on {server.grpc_url} (gRPC) and "
+                      f"{server.http_url} (HTTP); development/CI server, loopback only")
+        code = 0
+        for model in spec.models:
+            console.print(f"[4/4] measuring {model.name} over gRPC")
+            url = server.grpc_url if args.protocol == "grpc" else server.http_url
+            code |= _bench_and_report(model, url, args)
+    console.print("server stopped")
+    return code
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("server")
+    g.add_argument("--repo", type=Path, default=defaults.DEFAULT_REPOSITORY, help="model repository (default: %(default)s)")
+    g.add_argument("--address", default=defaults.BIND_ADDRESS, help="bind address (default: %(default)s, loopback only)")
+    g.add_argument("--http-port", type=int, default=defaults.HTTP_PORT)
+    g.add_argument("--grpc-port", type=int, default=defaults.GRPC_PORT)
+    g.add_argument("--metrics-port", type=int, default=defaults.METRICS_PORT)
+    g.add_argument("--degraded", action="store_true",
+                   help="keep serving the models that loaded when one fails (default: fail fast, exit non-zero)")
+    g.add_argument("--log-file", type=Path, default=None, help="tritonserver log (default: a temp file)")
+
+
+def _concurrency(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,4, got {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"concurrency levels must be >= 1, got {text!r}")
+    return levels
+
+
+def _bench_args(p: argparse.ArgumentParser, with_url: bool) -> None:
+    g = p.add_argument_group("measurement")
+    if with_url:
+        g.add_argument("--spec", type=Path, default=defaults.DEFAULT_SPEC, help="model spec YAML (default: %(default)s)")
+        g.add_argument("--model", default=None, help="spec model to measure (default: the first)")
+        g.add_argument("--url", default=None, help="host:port of the server (default: 127.0.0.1 and the port flag)")
+        g.add_argument("--http-port", type=int, default=defaults.HTTP_PORT)
+        g.add_argument("--grpc-port", type=int, default=defaults.GRPC_PORT)
+    g.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    g.add_argument("--concurrency", type=_concurrency, default=defaults.BENCH_CONCURRENCY,
+                   help="comma-separated levels (default: %(default)s)")
+    g.add_argument("--requests", type=int, default=defaults.BENCH_REQUESTS_PER_LEVEL, help="requests per level")
+    g.add_argument("--batch", type=int, default=1, help="items per request (default: 1)")
+    g.add_argument("--budget-ms", type=float, default=None, help="p99 budget (default: the spec's latency_budget)")
+    g.add_argument("--reports", type=Path, default=defaults.DEFAULT_REPORTS, help="report folder (default: %(default)s)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (one line per level instead)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tritonkit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("detect", help="report this host's GPUs (SMs, compute capability, memory) and CPU")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_detect)
+
+    p = sub.add_parser("plan", help="decide backend, precision, instances and batching, with reasons")
+    _planning_args(p)
+    p.add_argument("--json", action="store_true", help="the whole plan as JSON")
+    p.set_defaults(run=cmd_plan)
+
+    p = sub.add_parser("render", help="spec + hardware -> model repository (validated, written atomically)")
+    _planning_args(p)
+    p.add_argument("--out", type=Path, default=defaults.DEFAULT_REPOSITORY, help="repository (default: %(default)s)")
+    p.add_argument("--explain", action="store_true", help="print every decision with its reason")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the repository on disk differs")
+    p.set_defaults(run=cmd_render)
+
+    p = sub.add_parser("build", help="export and validate the artifacts the plan names (ONNX, tokenizer)")
+    _planning_args(p)
+    p.add_argument("--repo", type=Path, default=defaults.DEFAULT_REPOSITORY, help="repository (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="rebuild even when the manifest says it is current")
+    p.set_defaults(run=cmd_build)
+
+    p = sub.add_parser("serve", help="run the embedded tritonserver on a repository until Ctrl-C / SIGTERM")
+    _server_args(p)
+    p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser("bench", help="latency/throughput sweep against a running server; fails over the p99 budget")
+    _bench_args(p, with_url=True)
+    p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("demo", help="detect, render, build, serve (embedded), measure, stop")
+    _planning_args(p)
+    _server_args(p)
+    _bench_args(p, with_url=False)
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Every default and every pin, in one place. Other modules import from here; nothing else hard-codes these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# --- Pins that must match each other -------------------------------------------------------------
+# NGC release used for the serving image and the TensorRT build image: plans built in
+# tensorrt:<release> load in tritonserver:<release> and nowhere else.
+NGC_RELEASE = "25.10"
+NGC_TRITON_IMAGE = f"nvcr.io/nvidia/tritonserver:{NGC_RELEASE}-py3"
+NGC_TENSORRT_IMAGE = f"nvcr.io/nvidia/tensorrt:{NGC_RELEASE}-py3"
+NGC_TRITON_VERSION = "2.62.0"      # server version inside NGC_TRITON_IMAGE
+NGC_TENSORRT_VERSION = "10.13.3"   # TensorRT inside both NGC images of NGC_RELEASE
+# Embedded server: the tritonserver binary bundled in the PyPI wheel nvidia-pytriton==0.7.0.
+EMBEDDED_TRITON_VERSION = "2.51.0"  # Triton 24.10 era: development/CI use only (predates 2025 fixes)
+
+# --- Paths ---------------------------------------------------------------------------------------
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = PROJECT_ROOT / "templates"
+DEFAULT_SPEC = PROJECT_ROOT / "deploy" / "models.yaml"
+DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
+DEFAULT_REPORTS = PROJECT_ROOT / "reports"
+
+# --- Server --------------------------------------------------------------------------------------
+BIND_ADDRESS = "127.0.0.1"      # never 0.0.0.0 unless the user asks
+HTTP_PORT = 8000
+GRPC_PORT = 8001
+METRICS_PORT = 8002
+SERVER_READY_TIMEOUT_S = 180.0  # model loading (ONNX session creation, warmup) included
+SERVER_EXIT_TIMEOUT_S = 30      # tritonserver --exit-timeout-secs: in-flight requests may finish
+
+# --- Export / build ------------------------------------------------------------------------------
+ONNX_OPSET = 17
+# Inputs used to validate an export against its source model (real sentences, varied lengths).
+VALIDATION_SENTENCES = (
+    "Triton serves models from a repository of versioned directories.",
+    "A T4 has forty streaming multiprocessors.",
+    "Short.",
+    "The quick brown fox jumps over the lazy dog while the server batches requests dynamically "
+    "to keep the GPU busy and the tail latency inside its budget.",
+)
+
+# --- Policy knobs --------------------------------------------------------------------------------
+# Dynamic batching may spend this share of the p99 budget waiting for a batch to fill...
+QUEUE_DELAY_BUDGET_SHARE = 0.05
+# ...but never more than this (beyond it batching buys little and tail latency pays).
+QUEUE_DELAY_MAX_US = 2_000
+# Requests waiting longer than this share of the budget are rejected (shed load, don't queue forever).
+QUEUE_TIMEOUT_BUDGET_SHARE = 1.0
+# Bounded queue: this many full batches per instance may wait.
+QUEUE_BATCHES_PER_INSTANCE = 4
+
+# --- Bench ---------------------------------------------------------------------------------------
+BENCH_CONCURRENCY = (1, 2, 4, 8)
+BENCH_REQUESTS_PER_LEVEL = 200
+BENCH_WARMUP_REQUESTS = 20

@@ -1,0 +1,107 @@
+"""The plan: what the policy decided, as plain values. Render, build, serve and bench all read it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .catalogue import GPU
+from .hardware import Hardware
+from .servers import ServerTarget
+
+# Triton config datatype for each spec dtype (BYTES is TYPE_STRING in model_config.proto).
+TRITON_TYPES = {
+    "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16", "UINT32": "TYPE_UINT32",
+    "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8", "INT16": "TYPE_INT16", "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64", "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "BF16": "TYPE_BF16",
+    "BYTES": "TYPE_STRING",
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    subject: str        # Triton model name (or "server")
+    key: str            # e.g. "backend", "precision"
+    value: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TensorConfig:
+    name: str
+    dtype: str                      # spec dtype, e.g. "FP32"
+    dims: tuple[int, ...]           # Triton dims: batch dim excluded when batching, -1 = dynamic
+    ragged: bool = False            # allow_ragged_batch: the model pads requests of different lengths itself
+
+    @property
+    def data_type(self) -> str:
+        return TRITON_TYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class InstanceGroup:
+    kind: str                       # "KIND_CPU" | "KIND_GPU"
+    count: int
+    gpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_queue_delay_us: int
+    max_queue_size: int
+    timeout_us: int                 # queued longer than this -> rejected (UNAVAILABLE), load is shed
+
+
+@dataclass(frozen=True)
+class EnsembleStep:
+    model: str
+    input_map: tuple[tuple[str, str], ...]    # (step's input name, ensemble tensor)
+    output_map: tuple[tuple[str, str], ...]   # (step's output name, ensemble tensor)
+
+
+@dataclass(frozen=True)
+class Warmup:
+    batch_size: int
+    inputs: tuple[tuple[str, str, tuple[int, ...]], ...]   # (name, dtype, dims) filled with zeros
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    name: str
+    role: str                       # "ensemble" | "tokenizer" | "encoder" | "model"
+    source_model: str               # the spec model it comes from
+    backend: str                    # "ensemble" | "python" | "onnxruntime" | "tensorrt" | "pytorch"
+    max_batch_size: int
+    inputs: tuple[TensorConfig, ...]
+    outputs: tuple[TensorConfig, ...]
+    precision: str = "fp32"
+    runtime: str = ""               # python backend only: what model.py runs ("onnxruntime", "tokenizers")
+    instances: tuple[InstanceGroup, ...] = ()
+    batching: Batching | None = None
+    parameters: tuple[tuple[str, str], ...] = ()
+    artifacts: tuple[str, ...] = ()  # files in the version folder that the build step produces
+    code_template: str | None = None  # templates/python/<name> rendered to 1/model.py
+    steps: tuple[EnsembleStep, ...] = ()
+    warmup: Warmup | None = None
+
+    @property
+    def config_template(self) -> str:
+        return f"config/{self.backend}.pbtxt.j2"
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec_path: str
+    server: ServerTarget
+    hardware: Hardware
+    gpu: GPU | None                 # the GPU type this plan targets (None = CPU)
+    models: tuple[TritonModel, ...]
+    decisions: tuple[Decision, ...] = field(default=())
+
+    def model(self, name: str) -> TritonModel:
+        return next(m for m in self.models if m.name == name)
+
+    def to_dict(self) -> dict:
+        """Deterministic (no timestamps, no host paths beyond the spec) so `render --check` can compare it."""
+        d = asdict(self)
+        d["server"]["backends"] = sorted(self.server.backends)
+        return d

