@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from tritonkit.defaults import (
     BENCH_CONCURRENCY,
+    BENCH_REQUEST_TIMEOUT_S,
     BENCH_REQUESTS_PER_LEVEL,
     BENCH_WARMUP_REQUESTS,
     VALIDATION_SENTENCES,
@@ -40,8 +41,7 @@ from tritonkit.defaults import (
 from tritonkit.errors import UserError
 
 # Per-request client timeout: bounds a level in time (worst case requests/concurrency * this).
-# TODO(defaults): belongs in tritonkit/defaults.py next to the other BENCH_* values.
-REQUEST_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = BENCH_REQUEST_TIMEOUT_S
 # How long a worker may take to connect before the sweep starts.
 CONNECT_TIMEOUT_S = 10.0
 # Triton updates statistics when a request is released, which can trail the response slightly.

@@ -57,7 +57,6 @@ def _recipe(model: TritonModel, spec_model: ModelSpec) -> dict:
         "inputs": [[t.name, t.dtype, list(t.dims)] for t in spec_model.inputs],
         "outputs": [[t.name, t.dtype, list(t.dims)] for t in spec_model.outputs],
         "axes": {n: [a.min, a.opt, a.max] for n, a in sorted(spec_model.axes.items())},
-        "parameters": dict(model.parameters),
     }
 
 

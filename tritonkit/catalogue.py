@@ -11,6 +11,7 @@ cores / 128 per SM = 16 SMs).
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 
 GIB = 1024 ** 3
@@ -104,7 +105,8 @@ def lookup(name: str) -> GPU | None:
     if bare in CATALOGUE:
         return CATALOGUE[bare]
     for pattern, entry in DRIVER_NAME_HINTS:
-        if pattern in bare:
+        # whole tokens only: "l4" must not match "l40", nor "a100" "a1000", nor "t4" "t400"
+        if re.search(rf"(?<![a-z0-9]){re.escape(pattern)}(?![a-z0-9])", bare):
             return CATALOGUE[entry]
     return None
 

@@ -137,7 +137,6 @@ def _bench_and_report(model, url: str, args) -> int:
     print_report(report)
     paths = write_report(report, args.reports, stem=f"bench-{model.name}-{args.protocol}")
     print("report: " + "  ".join(str(p) for p in paths.values()))
-    print(("PASSED" if report.verdict else "FAILED") + f": {report.verdict_reason}")
     return 0 if report.verdict else 1
 
 
@@ -178,7 +177,8 @@ def cmd_demo(args) -> int:
 
 def _server_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("server")
-    g.add_argument("--repo", type=Path, default=defaults.DEFAULT_REPOSITORY, help="model repository (default: %(default)s)")
+    g.add_argument("--repo", "--repository", dest="repo", type=Path, default=defaults.DEFAULT_REPOSITORY,
+                   help="model repository (default: %(default)s)")
     g.add_argument("--address", default=defaults.BIND_ADDRESS, help="bind address (default: %(default)s, loopback only)")
     g.add_argument("--http-port", type=int, default=defaults.HTTP_PORT)
     g.add_argument("--grpc-port", type=int, default=defaults.GRPC_PORT)

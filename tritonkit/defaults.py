@@ -48,10 +48,11 @@ QUEUE_DELAY_BUDGET_SHARE = 0.05
 QUEUE_DELAY_MAX_US = 2_000
 # Requests waiting longer than this share of the budget are rejected (shed load, don't queue forever).
 QUEUE_TIMEOUT_BUDGET_SHARE = 1.0
-# Bounded queue: this many full batches per instance may wait.
-QUEUE_BATCHES_PER_INSTANCE = 4
+# Bounded queue: this many full batches may wait (beyond it, requests are rejected at once).
+QUEUE_BATCHES = 4
 
 # --- Bench ---------------------------------------------------------------------------------------
 BENCH_CONCURRENCY = (1, 2, 4, 8)
 BENCH_REQUESTS_PER_LEVEL = 200
 BENCH_WARMUP_REQUESTS = 20
+BENCH_REQUEST_TIMEOUT_S = 30.0  # per request: bounds every level in time

@@ -250,6 +250,7 @@ def export_sentence_embedding(model_dir: Path, out_path: Path, *,
     import onnx
     import torch
     from transformers import AutoModel, AutoTokenizer
+    _quiet_transformers()
 
     try:
         transformer = AutoModel.from_pretrained(str(layout.transformer_dir), local_files_only=True,
@@ -311,6 +312,12 @@ def export_sentence_embedding(model_dir: Path, out_path: Path, *,
     inputs, outputs = read_onnx_signature(out_path)
     return ExportResult(path=out_path, opset=opset, exporter=f"{EXPORTER} torch {torch.__version__}",
                         inputs=inputs, outputs=outputs, seconds=time.perf_counter() - started)
+
+
+def _quiet_transformers() -> None:
+    """transformers draws a "Loading weights" bar per load; tritonkit's own progress bar covers the step."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
 
 
 def _check_export_args(input_names, output_name, axes, opset, trace_shape) -> None:
@@ -524,6 +531,7 @@ def validate_sentence_embedding(onnx_path: Path, model_dir: Path, sentences: Seq
     import numpy as np
     import onnxruntime as ort
     from sentence_transformers import SentenceTransformer
+    _quiet_transformers()
 
     st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
     reference = np.asarray(st.encode(sentences, normalize_embeddings=normalize, convert_to_numpy=True,
@@ -597,7 +605,7 @@ def copy_tokenizer(model_dir: Path, dest_dir: Path) -> list[Path]:
     VALIDATION_SENTENCES, accented/CJK text and a 600-word text:
 
     * The upstream tokenizer.json is NOT usable as is: it carries ``truncation.max_length = 128`` and
-      ``padding = Fixed(128)`` from an old training setup. Served unchanged, every text of 129..256
+      ``padding = Fixed(128)`` (left in the upstream file). Served unchanged, every text of 129..256
       tokens would be cut at 128 (a different embedding than sentence-transformers gives) and every
       request padded to 128. sentence-transformers ignores those settings and uses its own.
     * Truncation: ``max_seq_length`` from sentence_bert_config.json (256), NOT the tokenizer's

@@ -138,7 +138,7 @@ def _custom_gpu(text: str) -> GPU:
         sm = int(fields["sm"])
         major, minor = (int(x) for x in fields["cc"].split("."))
         m = _MEM.match(fields["mem"].strip())
-        if not m or sm < 1:
+        if not m or sm < 1 or major < 1 or minor < 0 or float(m.group(1)) <= 0:
             raise ValueError
         mem = int(float(m.group(1)) * GIB)
     except ValueError:

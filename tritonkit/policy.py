@@ -90,15 +90,33 @@ def choose_precision(model: ModelSpec, backend: str, gpu: GPU | None) -> tuple[s
                             expected="calibration: <path>", fix="add calibration data or use precision: auto")
         return p, f"requested in the spec; {device} supports it and tolerance.{p} will validate it"
     if gpu is None:
+        if "fp32" not in model.tolerance:
+            raise UserError("this model runs on the CPU in FP32, but the spec gives no FP32 tolerance to validate "
+                            "it against", where=f"model {model.name}: tolerance", actual=sorted(model.tolerance),
+                            expected="an fp32 entry", fix="add tolerance.fp32 (e.g. {atol: 1.0e-4})")
         return "fp32", "CPU execution: FP32 (reduced precision gives no speedup in ONNX Runtime's CPU kernels)"
+    why_not = {}
     for p in AUTO_PRECISION_ORDER:
-        if p in model.tolerance and p in supported and gpu.compute_capability >= PRECISION_MIN_CC[p]:
-            skipped = [q for q in AUTO_PRECISION_ORDER[:AUTO_PRECISION_ORDER.index(p)]]
-            why = f"; {', '.join(skipped)} not allowed (no tolerance in the spec or no support)" if skipped else ""
-            return p, f"{p.upper()} on {gpu.name} (cc {gpu.cc:.1f}): fastest precision the spec tolerates{why}"
+        why_not[p] = _refusal(p, model, supported, gpu, backend)
+        if why_not[p] is None:
+            skipped = "; ".join(f"not {q}: {why_not[q]}" for q in AUTO_PRECISION_ORDER[:AUTO_PRECISION_ORDER.index(p)])
+            return p, f"{p.upper()} on {gpu.name} (cc {gpu.cc:.1f}): fastest precision the spec tolerates" + \
+                (f" ({skipped})" if skipped else "")
     raise UserError("no precision is both supported here and allowed by the spec's tolerance",
                     where=f"model {model.name}: tolerance", actual=sorted(model.tolerance),
-                    expected=f"one of {sorted(supported)}", fix="add tolerance.fp32")
+                    expected="; ".join(f"{p}: {why}" for p, why in why_not.items()),
+                    fix="add a tolerance for a precision this GPU supports (fp32 always is)")
+
+
+def _refusal(p: str, model: ModelSpec, supported: frozenset[str], gpu: GPU, backend: str) -> str | None:
+    """Why precision p cannot be chosen automatically, or None if it can."""
+    if p not in model.tolerance:
+        return "no tolerance for it in the spec"
+    if p not in supported:
+        return f"the {backend} backend cannot run it"
+    if gpu.compute_capability < PRECISION_MIN_CC[p]:
+        return f"{gpu.name} is cc {gpu.cc:.1f}, {p.upper()} needs >= {'.'.join(map(str, PRECISION_MIN_CC[p]))}"
+    return None
 
 
 # --- instances -------------------------------------------------------------------------------------
@@ -106,9 +124,11 @@ def choose_precision(model: ModelSpec, backend: str, gpu: GPU | None) -> tuple[s
 # GPU instances per GPU by SM count: a second instance overlaps one request's CPU work (I/O, Python)
 # with another's kernels; on small GPUs two instances only split the SMs and add memory.
 GPU_INSTANCES_BY_SMS = ((48, 2), (0, 1))
-# CPU: each instance gets this many intra-op threads at most; more instances replace more threads
-# because a single ONNX Runtime session scales poorly past a few threads on small batches.
-CPU_THREADS_PER_INSTANCE_MAX = 4
+# CPU: independent single-threaded sessions beat one multi-threaded session for batched serving
+# (measured on 2 cores, MiniLM: 2 instances x 1 thread served 273 sentences/s, 1 x 2 threads 183),
+# because no thread waits on another's share of a small kernel. Past this many instances each
+# instance gets more threads instead (one copy of the weights per instance).
+CPU_INSTANCES_MAX = 8
 
 
 def gpu_instances(gpu: GPU) -> tuple[int, str]:
@@ -118,23 +138,30 @@ def gpu_instances(gpu: GPU) -> tuple[int, str]:
 
 
 def cpu_instances(cores: int) -> tuple[int, int, str]:
-    threads = max(1, min(cores, CPU_THREADS_PER_INSTANCE_MAX))
-    count = max(1, cores // threads)
+    count = max(1, min(cores, CPU_INSTANCES_MAX))
+    threads = max(1, cores // count)
     return count, threads, (f"{count} instance(s) x {threads} intra-op thread(s) = {count * threads} of "
-                            f"{cores} cores: no oversubscription")
+                            f"{cores} cores: no oversubscription; independent sessions batch better than one "
+                            "session's threads")
 
 
 # --- batching --------------------------------------------------------------------------------------
 
-def batching(model: ModelSpec, instances: int) -> tuple[Batching, str]:
+def batching(model: ModelSpec, on_gpu: bool) -> tuple[Batching, str]:
     budget_us = model.p99_budget_ms * 1000
-    delay = int(min(defaults.QUEUE_DELAY_MAX_US, budget_us * defaults.QUEUE_DELAY_BUDGET_SHARE))
-    size = model.max_batch_size * instances * defaults.QUEUE_BATCHES_PER_INSTANCE
+    size = model.max_batch_size * defaults.QUEUE_BATCHES
     timeout = int(budget_us * defaults.QUEUE_TIMEOUT_BUDGET_SHARE)
+    bound = f"queue bounded at {size} requests and {timeout} us so overload is rejected, not queued without end"
+    if not on_gpu:
+        # A busy CPU instance lets the queue fill by itself; waiting while one is idle only adds latency
+        # (measured: 2 ms of delay cost 2 ms at concurrency 1 and bought no throughput).
+        return (Batching(max_queue_delay_us=0, max_queue_size=size, timeout_us=timeout),
+                f"no batching delay: on the CPU requests batch up while instances are busy; {bound}")
+    delay = int(min(defaults.QUEUE_DELAY_MAX_US, budget_us * defaults.QUEUE_DELAY_BUDGET_SHARE))
     return (Batching(max_queue_delay_us=delay, max_queue_size=size, timeout_us=timeout),
             f"wait <= {delay} us to fill a batch ({defaults.QUEUE_DELAY_BUDGET_SHARE:.0%} of the "
-            f"{model.p99_budget_ms:g} ms p99 budget, capped at {defaults.QUEUE_DELAY_MAX_US} us); queue bounded at "
-            f"{size} requests and {timeout} us so overload is rejected, not queued without end")
+            f"{model.p99_budget_ms:g} ms p99 budget, capped at {defaults.QUEUE_DELAY_MAX_US} us): a fuller GPU batch "
+            f"costs little more than a small one; {bound}")
 
 
 # --- the models of each pipeline -------------------------------------------------------------------
@@ -143,6 +170,11 @@ def _tensors(model: ModelSpec, tensors: tuple[Tensor, ...], ragged: bool = False
     return tuple(TensorConfig(t.name, t.dtype, model.triton_dims(t),
                               ragged=ragged and any(isinstance(d, str) for d in t.dims[1:]))
                  for t in tensors)
+
+
+def _size(model: ModelSpec, dim: int | str, which: str) -> int:
+    """A concrete size for a dim: fixed dims are themselves, named axes their min/opt/max."""
+    return getattr(model.axes[dim], which) if isinstance(dim, str) else dim
 
 
 # Each backend's model file in the version folder (the build step produces it).
@@ -172,7 +204,7 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
     decide(name, "max_batch_size", str(mbs), "from the spec" if mbs else "spec disables batching (0)")
     queue = None
     if mbs:
-        queue, why = batching(model, count)
+        queue, why = batching(model, device is not None)
         decide(name, "dynamic_batching", f"delay {queue.max_queue_delay_us} us, queue {queue.max_queue_size}", why)
     # The python model pads requests of different lengths into one batch itself (ragged batching);
     # zero padding is inert only where an attention mask says so, i.e. in the text-embedding encoder.
@@ -182,7 +214,7 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
         decide(name, "ragged_batch", "on", "model.py pads each batch to its longest request, so requests of "
                "different sequence lengths still share one execution")
     warmup = Warmup(batch_size=1, inputs=tuple(
-        (t.name, t.dtype, tuple(model.axes[d].opt if isinstance(d, str) else d for d in model.triton_dims_named(t)))
+        (t.name, t.dtype, tuple(_size(model, d, "opt") for d in model.triton_dims_named(t)))
         for t in model.inputs))
     decide(name, "warmup", "1 request of typical shape", "readiness then means warm: the first real request "
            "is not the one that pays for lazy initialisation")
@@ -204,7 +236,7 @@ def _text_embedding(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: G
     text = TensorConfig(model.text_input, "BYTES", (1,) if mbs else (-1,))
     tok_queue = None
     if mbs:
-        tok_queue, _ = batching(model, 1)
+        tok_queue, _ = batching(model, on_gpu=False)
     # Requests padded to a multiple of this many tokens: C++ backends only batch equal shapes, so
     # bucketing sequence lengths lets the dynamic batcher combine more requests.
     pad_multiple = 1 if encoder.backend == "python" else 16
@@ -214,7 +246,7 @@ def _text_embedding(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: G
         outputs=tuple(TensorConfig(t.name, t.dtype, model.triton_dims(t)) for t in model.inputs),
         instances=(InstanceGroup("KIND_CPU", 1),), batching=tok_queue,
         parameters=(("tokenizer_file", "tokenizer.json"), ("meta_file", "tokenizer_meta.json"),
-                    ("max_length", str(model.axes[model.inputs[0].dims[-1]].max)),
+                    ("max_length", str(_size(model, model.inputs[0].dims[-1], "max"))),
                     ("pad_to_multiple_of", str(pad_multiple))),
         artifacts=("tokenizer.json", "tokenizer_meta.json"), code_template="tokenizer.py.j2")
     decide(tok_name, "backend", "python (tokenizers)", "tokenization is Python-side work; the Rust `tokenizers` "

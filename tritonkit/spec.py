@@ -284,6 +284,9 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
             ctx.fail(f"{where}.calibration", "calibration data not found", actual=calibration,
                      expected="an existing file or folder")
     text_input = ctx.typed(f"{where}.text_input", raw.get("text_input", "text"), str, "a tensor name")
+    if pipeline == "text-embedding" and text_input in seen:
+        ctx.fail(f"{where}.text_input", "the ensemble's text input must not reuse an encoder tensor name",
+                 actual=text_input, expected=f"a name other than {sorted(seen)}")
     if pipeline == "text-embedding":
         _check_text_embedding(ctx, where, tensors["inputs"], tensors["outputs"])
     return ModelSpec(name=name, source=source, pipeline=pipeline, inputs=tensors["inputs"],
@@ -315,10 +318,10 @@ def parse_spec(data: Any, path: Path) -> Spec:
     models = tuple(_model(ctx, f"models[{i}]", m, path.parent) for i, m in enumerate(models_raw))
     # Each model renders to several Triton models; all of their names must be unique.
     owners: dict[str, str] = {}
-    for m in models:
+    for i, m in enumerate(models):
         for triton_name in triton_model_names(m):
             if triton_name in owners:
-                ctx.fail(f"models[{models.index(m)}].name", "Triton model name collides", actual=triton_name,
+                ctx.fail(f"models[{i}].name", "Triton model name collides", actual=triton_name,
                          expected=f"a name not already produced by {owners[triton_name]}")
             owners[triton_name] = m.name
     return Spec(path=path, models=models)

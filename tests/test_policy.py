@@ -1,0 +1,448 @@
+"""tritonkit.policy (and tritonkit.servers): plan(spec, hardware, server) -> Plan, every choice with a reason.
+
+Hardware is always declared (a value), so the whole catalogue x both servers x no-GPU is planned on any
+machine. Spec variants are the example spec with one field replaced (dataclasses.replace on the frozen
+values load_spec returns), each one a spec the parser would also accept.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from tritonkit import defaults
+from tritonkit.catalogue import CATALOGUE, GIB
+from tritonkit.errors import UserError
+from tritonkit.hardware import Hardware, declared
+from tritonkit.plan import Plan
+from tritonkit.policy import BACKENDS, BACKEND_ARTIFACTS, BACKEND_PRECISIONS, plan
+from tritonkit.servers import SERVERS, server_target
+from tritonkit.spec import Source, Spec, Tolerance, load_spec
+
+SPEC = load_spec(defaults.DEFAULT_SPEC)
+MODEL = SPEC.models[0]
+BUDGET_US = MODEL.p99_budget_ms * 1000
+CORES = 8
+
+GPU_NAMES = sorted(g.name for g in CATALOGUE.values())
+
+# Instances per GPU, written out per catalogue entry: 1 below 48 SMs, else 2.
+EXPECTED_GPU_INSTANCES = {
+    "Tesla T4": 1, "Jetson AGX Orin": 1,
+    "V100": 2, "A10": 2, "A10G": 2, "A100 40GB": 2, "A100 80GB": 2, "L4": 2, "L40S": 2,
+    "H100 PCIe": 2, "H100 SXM": 2, "H200": 2, "B200": 2, "RTX 3080": 2, "RTX 4090": 2,
+}
+
+
+def hardware(gpu: str | None, cores: int = CORES) -> Hardware:
+    """Declared hardware with a fixed CPU, so expectations do not depend on the test host."""
+    base = declared(gpu or "none")
+    return dataclasses.replace(base, cpu_cores=cores, memory_bytes=32 * GIB)
+
+
+def variant(**changes) -> Spec:
+    return Spec(path=SPEC.path, models=(dataclasses.replace(MODEL, **changes),))
+
+
+def tol(*precisions: str) -> dict[str, Tolerance]:
+    return {p: Tolerance(atol=1e-2, min_cosine=0.99) for p in precisions}
+
+
+def decision(p: Plan, subject: str, key: str):
+    found = [d for d in p.decisions if (d.subject, d.key) == (subject, key)]
+    assert len(found) == 1, f"{subject}.{key}: {len(found)} decisions"
+    return found[0]
+
+
+# --- the whole catalogue x servers x none ------------------------------------------------------------------
+
+COMBINATIONS = [(server, gpu) for server in sorted(SERVERS) for gpu in [None] + GPU_NAMES]
+
+
+def test_expected_instance_table_covers_the_catalogue():
+    """Prevents a new catalogue GPU escaping the table-driven planning tests below."""
+    assert set(EXPECTED_GPU_INSTANCES) == set(GPU_NAMES)
+    assert len(COMBINATIONS) == 2 * (len(GPU_NAMES) + 1)
+
+
+@pytest.mark.parametrize(("server", "gpu"), COMBINATIONS, ids=[f"{s}-{g or 'none'}" for s, g in COMBINATIONS])
+def test_example_spec_plans_everywhere(server, gpu):
+    """Prevents any catalogue GPU / server combination failing to plan, or planning the wrong backend,
+    precision, placement, batching or tokenizer padding for the example spec."""
+    hw = hardware(gpu)
+    p = plan(SPEC, hw, server_target(server))
+    assert [m.name for m in p.models] == ["minilm", "minilm_tokenizer", "minilm_encoder"]
+    assert [m.role for m in p.models] == ["ensemble", "tokenizer", "encoder"]
+    ens, tok, enc = p.models
+    assert p.gpu == (hw.gpus[0] if gpu else None)
+
+    if server == "ngc" and gpu:
+        backend, precision, kind, count = "tensorrt", "fp16", "KIND_GPU", EXPECTED_GPU_INSTANCES[gpu]
+    elif server == "ngc":
+        backend, precision, kind, count = "onnxruntime", "fp32", "KIND_CPU", 8
+    else:  # embedded: python backend running ONNX Runtime on the CPU, GPU or not
+        backend, precision, kind, count = "python", "fp32", "KIND_CPU", 8
+    assert (enc.backend, enc.precision) == (backend, precision)
+    assert [(g.kind, g.count, g.gpus) for g in enc.instances] == [(kind, count, ())]
+    assert enc.artifacts == BACKEND_ARTIFACTS[backend]
+    params = dict(enc.parameters)
+    if kind == "KIND_CPU":
+        assert params["intra_op_thread_count"] == "1", "8 cores = 8 instances x 1 thread"
+    else:
+        assert "intra_op_thread_count" not in params
+
+    ragged = server == "embedded"
+    assert [t.ragged for t in enc.inputs] == [ragged, ragged]
+    assert not any(t.ragged for t in enc.outputs)
+    if server == "embedded":
+        assert enc.runtime == "onnxruntime"
+        assert params["runtime"] == "onnxruntime" and params["precision"] == "fp32"
+        assert enc.code_template == "encoder_onnxruntime.py.j2"
+        assert decision(p, "minilm_encoder", "ragged_batch").value == "on"
+        assert decision(p, "minilm_encoder", "backend").value == "python (onnxruntime)"
+    else:
+        assert not any(d.key == "ragged_batch" for d in p.decisions)
+        assert decision(p, "minilm_encoder", "backend").value == backend
+    assert decision(p, "minilm_encoder", "precision").value == precision
+    assert decision(p, "minilm_encoder", "instances").value == f"{count} x {kind}"
+
+    # Dynamic batching: short wait, bounded queue, requests older than the budget are shed.
+    for m in (enc, tok):
+        q = m.batching
+        assert q is not None
+        assert 0 <= q.max_queue_delay_us <= defaults.QUEUE_DELAY_MAX_US
+        assert q.max_queue_delay_us <= defaults.QUEUE_DELAY_BUDGET_SHARE * BUDGET_US
+        assert 0 < q.max_queue_size <= 64 * 4 * 4
+        assert q.timeout_us == BUDGET_US == 250_000
+
+    # Tokenizer: pads to buckets only where the encoder batches equal shapes only.
+    tparams = dict(tok.parameters)
+    assert tparams["max_length"] == "256"
+    assert tparams["pad_to_multiple_of"] == ("1" if server == "embedded" else "16")
+    assert [(g.kind, g.count) for g in tok.instances] == [("KIND_CPU", 1)]
+
+    # Every decision explained; the plan is a plain, JSON-able value.
+    assert p.decisions and all(d.reason.strip() for d in p.decisions), [d for d in p.decisions if not d.reason]
+    json.dumps(p.to_dict())
+
+
+@pytest.mark.parametrize(("server", "gpu"), COMBINATIONS, ids=[f"{s}-{g or 'none'}" for s, g in COMBINATIONS])
+def test_pipeline_tensors_agree_between_steps(server, gpu):
+    """Prevents an ensemble whose tokenizer outputs, encoder inputs and ensemble output disagree in name,
+    type or dims (Triton refuses to load such an ensemble)."""
+    ens, tok, enc = plan(SPEC, hardware(gpu), server_target(server)).models
+    sig = lambda ts: [(t.name, t.dtype, t.dims) for t in ts]  # noqa: E731
+    assert sig(tok.outputs) == sig(enc.inputs) == [("input_ids", "INT64", (-1,)), ("attention_mask", "INT64", (-1,))]
+    assert sig(ens.outputs) == sig(enc.outputs) == [("embedding", "FP32", (384,))]
+    assert sig(ens.inputs) == sig(tok.inputs) == [("text", "BYTES", (1,))]
+    assert [(s.model, s.input_map, s.output_map) for s in ens.steps] == [
+        ("minilm_tokenizer", (("text", "text"),), (("input_ids", "input_ids"), ("attention_mask", "attention_mask"))),
+        ("minilm_encoder", (("input_ids", "input_ids"), ("attention_mask", "attention_mask")),
+         (("embedding", "embedding"),)),
+    ]
+    # Warmup uses each axis's opt size, inside its declared range.
+    assert enc.warmup.inputs == (("input_ids", "INT64", (64,)), ("attention_mask", "INT64", (64,)))
+
+
+@pytest.mark.parametrize(("server", "gpu"), [("ngc", "T4"), ("ngc", None), ("embedded", None), ("embedded", "H100")])
+def test_planned_templates_exist(server, gpu):
+    """Prevents the policy choosing a backend or model.py template that the render step has no file for."""
+    for m in plan(SPEC, hardware(gpu), server_target(server)).models:
+        assert (defaults.TEMPLATES_DIR / m.config_template).is_file(), m.config_template
+        if m.code_template:
+            assert (defaults.TEMPLATES_DIR / "python" / m.code_template).is_file(), m.code_template
+
+
+# --- instances -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("sms", "count"), [(1, 1), (16, 1), (40, 1), (47, 1), (48, 2), (58, 2), (132, 2)])
+def test_gpu_instances_by_sm_count(sms, count):
+    """Prevents two instances splitting a small GPU (or one instance leaving a big one idle between requests)."""
+    p = plan(SPEC, hardware(f"sm={sms},cc=8.0,mem=16GiB"), server_target("ngc"))
+    assert p.model("minilm_encoder").instances[0].count == count
+    assert f"{sms} SMs" in decision(p, "minilm_encoder", "instances").reason
+
+
+@pytest.mark.parametrize(("cores", "count", "threads"), [
+    (1, 1, 1), (2, 2, 1), (3, 3, 1), (4, 4, 1), (6, 6, 1), (8, 8, 1), (16, 8, 2), (64, 8, 8),
+])
+@pytest.mark.parametrize(("server", "gpu"), [("ngc", None), ("embedded", None), ("embedded", "T4")])
+def test_cpu_instances_never_oversubscribe(server, gpu, cores, count, threads):
+    """Prevents CPU instances x intra-op threads exceeding the cores the server may use (thrashing tail latency)."""
+    p = plan(SPEC, hardware(gpu, cores=cores), server_target(server))
+    enc = p.model("minilm_encoder")
+    [group] = enc.instances
+    got_threads = int(dict(enc.parameters)["intra_op_thread_count"])
+    assert (group.kind, group.count, got_threads) == ("KIND_CPU", count, threads)
+    assert group.count * got_threads <= cores
+    assert f"of {cores} cores" in decision(p, "minilm_encoder", "instances").reason
+
+
+# --- batching ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("budget_ms", "delay_us"), [(0.1, 5), (10, 500), (40, 2000), (250, 2000), (5000, 2000)])
+def test_queue_delay_is_a_small_share_of_the_budget(budget_ms, delay_us):
+    """Prevents the batcher waiting longer than 5% of the p99 budget (or more than 2 ms) for a batch to fill."""
+    p = plan(variant(p99_budget_ms=budget_ms), hardware("T4"), server_target("ngc"))
+    q = p.model("minilm_encoder").batching
+    assert q.max_queue_delay_us == delay_us
+    assert q.timeout_us == int(budget_ms * 1000)
+    assert str(delay_us) in decision(p, "minilm_encoder", "dynamic_batching").reason
+
+
+@pytest.mark.parametrize("server", ["embedded", "ngc"])
+def test_cpu_batching_has_no_delay_but_a_bounded_queue(server):
+    """Prevents CPU requests waiting for a batch to fill while an instance sits idle (pure added latency)."""
+    p = plan(SPEC, hardware(None), server_target(server))
+    for name in ("minilm_encoder", "minilm_tokenizer"):
+        q = p.model(name).batching
+        assert q.max_queue_delay_us == 0 and q.max_queue_size > 0
+        assert q.timeout_us == int(SPEC.models[0].p99_budget_ms * 1000)
+    assert "no batching delay" in decision(p, "minilm_encoder", "dynamic_batching").reason
+
+
+def test_unbatched_model_has_no_batcher():
+    """Prevents dynamic_batching being configured for max_batch_size 0 (Triton rejects the config)."""
+    p = plan(variant(max_batch_size=0), hardware(None), server_target("embedded"))
+    ens, tok, enc = p.models
+    assert enc.batching is None and tok.batching is None
+    assert enc.max_batch_size == tok.max_batch_size == ens.max_batch_size == 0
+    assert not any(t.ragged for t in enc.inputs), "no batching, nothing to pad"
+    assert not any(d.key in ("dynamic_batching", "ragged_batch") for d in p.decisions)
+    assert decision(p, "minilm_encoder", "max_batch_size").value == "0"
+    assert ens.inputs[0].dims == (-1,)
+    assert enc.inputs[0].dims == (-1, -1), "the batch dim stays a real (dynamic) dim"
+
+
+# --- precision -----------------------------------------------------------------------------------------------
+
+def test_no_reduced_precision_tolerance_means_fp32_even_on_h100():
+    """Prevents FP16/BF16 being chosen for a model whose spec never said it tolerates them."""
+    p = plan(variant(tolerance=tol("fp32")), hardware("H100"), server_target("ngc"))
+    assert p.model("minilm_encoder").precision == "fp32"
+    reason = decision(p, "minilm_encoder", "precision").reason
+    assert "not fp16: no tolerance for it in the spec" in reason and "not bf16" in reason
+
+
+def test_bf16_only_tolerance_on_h100_gives_bf16():
+    """Prevents a BF16 tolerance being ignored on a GPU with BF16 tensor cores."""
+    p = plan(variant(tolerance=tol("bf16")), hardware("H100"), server_target("ngc"))
+    assert p.model("minilm_encoder").precision == "bf16"
+
+
+def test_bf16_only_tolerance_on_t4_is_refused():
+    """Prevents BF16 being planned on a T4 (cc 7.5: no BF16 tensor cores) or FP32 being used untested."""
+    with pytest.raises(UserError) as info:
+        plan(variant(tolerance=tol("bf16")), hardware("T4"), server_target("ngc"))
+    e = info.value
+    assert e.where == "model minilm: tolerance"
+    assert e.actual == ["bf16"]
+    assert "fp32 always is" in e.fix
+
+
+def test_bf16_only_tolerance_on_t4_error_names_the_gpu_limit():
+    """Prevents a contradictory refusal ("got bf16, expected one of [bf16, ...]") that hides the real cause."""
+    with pytest.raises(UserError) as info:
+        plan(variant(tolerance=tol("bf16")), hardware("T4"), server_target("ngc"))
+    message = str(info.value)
+    assert "bf16: Tesla T4 is cc 7.5, BF16 needs >= 8.0" in message
+    assert "fp32: no tolerance for it in the spec" in message
+
+
+def test_old_gpu_falls_back_to_fp32_with_reason():
+    """Prevents FP16 being planned on a GPU below cc 7.0 (no FP16 tensor cores)."""
+    p = plan(SPEC, hardware("sm=20,cc=6.1,mem=8GiB"), server_target("ngc"))
+    assert p.model("minilm_encoder").precision == "fp32"
+    assert "FP16 needs >= 7.0" in decision(p, "minilm_encoder", "precision").reason
+
+
+@pytest.mark.parametrize(("server", "gpu"), [("ngc", None), ("embedded", None), ("embedded", "H100")])
+def test_cpu_plan_uses_only_a_tolerated_precision(server, gpu):
+    """Prevents a plan choosing a precision the spec gives no tolerance for (nothing can validate it)."""
+    spec = variant(tolerance=tol("fp16"))
+    try:
+        p = plan(spec, hardware(gpu), server_target(server))
+    except UserError:
+        return
+    assert p.model("minilm_encoder").precision in spec.models[0].tolerance
+
+
+@pytest.mark.parametrize(("precision", "gpu", "need"), [
+    ("fp8", "T4", ">= 8.9"), ("fp8", "A100", ">= 8.9"), ("bf16", "T4", ">= 8.0"), ("fp4", "H100", ">= 10.0"),
+    ("fp16", "sm=20,cc=6.1,mem=8GiB", ">= 7.0"),
+])
+def test_requested_precision_beyond_the_gpu_is_refused(precision, gpu, need):
+    """Prevents a precision the GPU cannot execute being planned (the TensorRT build would fail or fall back)."""
+    spec = variant(precision=precision, tolerance=tol("fp32", precision), calibration="/data/calib")
+    with pytest.raises(UserError) as info:
+        plan(spec, hardware(gpu), server_target("ngc"))
+    message = str(info.value)
+    assert "compute capability" in message and need in message
+    assert precision.upper() in message
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_requested_quantized_precision_without_calibration_is_refused(precision):
+    """Prevents INT8/FP8 engines being built without calibration data (silently wrong numbers)."""
+    spec = variant(precision=precision, tolerance=tol("fp32", precision), calibration=None)
+    gpu = "T4" if precision == "int8" else "H100"
+    with pytest.raises(UserError) as info:
+        plan(spec, hardware(gpu), server_target("ngc"))
+    assert "calibration" in str(info.value)
+
+
+@pytest.mark.parametrize(("precision", "gpu"), [("fp8", "H100"), ("fp8", "L4"), ("int8", "T4"), ("fp4", "B200"),
+                                                ("fp32", "T4"), ("bf16", "A10G"), ("tf32", "A100")])
+def test_requested_precision_is_honoured(precision, gpu):
+    """Prevents a valid, calibrated precision request being replaced by the auto choice."""
+    spec = variant(precision=precision, tolerance=tol("fp32", precision), calibration="/data/calib")
+    p = plan(spec, hardware(gpu), server_target("ngc"))
+    assert p.model("minilm_encoder").precision == precision
+    assert "requested in the spec" in decision(p, "minilm_encoder", "precision").reason
+
+
+@pytest.mark.parametrize(("server", "gpu"), [("ngc", None), ("embedded", None), ("embedded", "H100")])
+def test_requested_reduced_precision_on_cpu_is_refused(server, gpu):
+    """Prevents FP16 being promised where the encoder runs on the CPU (ONNX Runtime CPU path is FP32)."""
+    spec = variant(precision="fp16")
+    with pytest.raises(UserError) as info:
+        plan(spec, hardware(gpu), server_target(server))
+    assert "cannot run on the CPU" in str(info.value)
+
+
+# --- backends ------------------------------------------------------------------------------------------------
+
+def _single(fmt: str, path: str) -> Spec:
+    return variant(source=Source(fmt, path), pipeline="none", name="clf")
+
+
+@pytest.mark.parametrize(("fmt", "server", "gpu", "backend", "kind", "precision"), [
+    ("onnx", "ngc", "T4", "tensorrt", "KIND_GPU", "fp16"),
+    ("onnx", "ngc", None, "onnxruntime", "KIND_CPU", "fp32"),
+    ("onnx", "embedded", "T4", "python", "KIND_CPU", "fp32"),
+    ("torchscript", "ngc", "T4", "pytorch", "KIND_GPU", "fp16"),
+    ("torchscript", "ngc", None, "pytorch", "KIND_CPU", "fp32"),
+])
+def test_single_model_backend_table(fmt, server, gpu, backend, kind, precision):
+    """Prevents a source format being routed to a backend that cannot load it, or to the wrong device."""
+    p = plan(_single(fmt, "/models/model.bin"), hardware(gpu), server_target(server))
+    [m] = p.models
+    assert (m.name, m.role, m.backend, m.instances[0].kind, m.precision) == ("clf", "model", backend, kind, precision)
+    assert not any(t.ragged for t in m.inputs), "zero padding is only inert behind an attention mask"
+
+
+def test_torchscript_on_embedded_server_is_refused():
+    """Prevents planning a TorchScript model for a server that has no pytorch backend."""
+    with pytest.raises(UserError) as info:
+        plan(_single("torchscript", "/models/model.pt"), hardware(None), server_target("embedded"))
+    assert "no backend of the embedded server can run a torchscript model" in str(info.value)
+
+
+def test_policy_tables_are_consistent():
+    """Prevents a backend row with no artifact or precision entry (KeyError while planning)."""
+    for row in BACKENDS:
+        assert row.backend in BACKEND_ARTIFACTS and row.backend in BACKEND_PRECISIONS
+        assert any(row.backend in s.backends for s in SERVERS.values()), row.backend
+        assert row.reason.strip()
+
+
+def test_text_embedding_with_fixed_sequence_length(tmp_path):
+    """Prevents a spec that validation accepts crashing the planner with a KeyError traceback."""
+    text = defaults.DEFAULT_SPEC.read_text()
+    text = text.replace("dims: [batch, sequence]", "dims: [batch, 128]")
+    text = text.replace("    axes:\n      sequence: {min: 1, opt: 64, max: 256}  # 256 = the model's max_seq_length\n",
+                        "")
+    assert "sequence" not in text.split("models:")[1].split("latency_budget")[0]
+    path = tmp_path / "fixed.yaml"
+    path.write_text(text)
+    try:
+        spec = load_spec(path)
+    except UserError:
+        return  # refusing the spec is also a fix
+    p = plan(spec, hardware(None), server_target("ngc"))
+    assert dict(p.model("minilm_tokenizer").parameters)["max_length"] == "128"
+
+
+# --- fleets, determinism -------------------------------------------------------------------------------------
+
+def test_mixed_fleet_needs_one_plan_per_gpu_type():
+    """Prevents one plan silently targeting only the first GPU type of a mixed host."""
+    with pytest.raises(UserError) as info:
+        plan(SPEC, hardware("T4,H100"), server_target("ngc"))
+    e = info.value
+    assert e.where == "--gpu" and e.actual == ["Tesla T4", "H100 SXM"]
+    assert "several GPU types" in str(e)
+
+
+def test_mixed_fleet_plan_for_one_type_pins_its_gpus():
+    """Prevents a per-type plan on a mixed host placing instances on the other type's GPUs."""
+    hw = hardware("T4,H100,T4")
+    t4 = hw.gpus[0]
+    p = plan(SPEC, hw, server_target("ngc"), gpu=t4)
+    [group] = p.model("minilm_encoder").instances
+    assert (group.kind, group.count, group.gpus) == ("KIND_GPU", 1, (0, 2))
+
+
+def test_single_type_fleet_is_not_pinned():
+    """Prevents a homogeneous host's config being tied to GPU indexes (not portable to other hosts)."""
+    p = plan(SPEC, hardware("T4,T4"), server_target("ngc"))
+    assert p.model("minilm_encoder").instances[0].gpus == ()
+
+
+@pytest.mark.parametrize(("server", "gpu"), [("ngc", "L4"), ("ngc", None), ("embedded", "H100")])
+def test_plan_is_deterministic(server, gpu):
+    """Prevents `render --check` reporting drift because two plans of the same inputs differ."""
+    a = plan(SPEC, hardware(gpu), server_target(server))
+    b = plan(load_spec(defaults.DEFAULT_SPEC), hardware(gpu), server_target(server))
+    assert a == b
+    assert json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
+    d = json.loads(json.dumps(a.to_dict()))
+    assert d["server"]["backends"] == sorted(SERVERS[server].backends)
+    assert d["spec_path"] == str(defaults.DEFAULT_SPEC)
+
+
+def test_plan_does_not_touch_its_inputs():
+    """Prevents planning mutating the spec or hardware values it was given."""
+    spec_before = copy.deepcopy(MODEL)
+    hw = hardware("T4")
+    hw_before = copy.deepcopy(hw)
+    plan(SPEC, hw, server_target("ngc"))
+    assert MODEL == spec_before and hw == hw_before
+
+
+def test_server_decisions_name_the_target():
+    """Prevents the plan hiding which Triton (and which hardware) it was made for."""
+    p = plan(SPEC, hardware("T4"), server_target("embedded"))
+    assert decision(p, "server", "target").value == f"embedded (Triton {defaults.EMBEDDED_TRITON_VERSION})"
+    assert "development" in decision(p, "server", "target").reason
+    assert decision(p, "server", "hardware").value == "Tesla T4 (40 SMs, cc 7.5, 16 GiB)"
+
+
+# --- servers -------------------------------------------------------------------------------------------------
+
+def test_server_target_lookup():
+    """Prevents `--server` typos reaching the policy as a KeyError."""
+    assert server_target("ngc") is SERVERS["ngc"]
+    assert server_target("embedded") is SERVERS["embedded"]
+    with pytest.raises(UserError) as info:
+        server_target("triton")
+    assert info.value.where == "--server" and "['embedded', 'ngc']" in str(info.value)
+
+
+def test_server_table_facts():
+    """Prevents TensorRT plans being planned for a server that cannot load them, or built with another TensorRT."""
+    ngc, emb = SERVERS["ngc"], SERVERS["embedded"]
+    assert ngc.tensorrt_version == defaults.NGC_TENSORRT_VERSION
+    assert defaults.NGC_RELEASE in ngc.image and ngc.image == defaults.NGC_TRITON_IMAGE
+    assert ngc.triton_version == defaults.NGC_TRITON_VERSION and not ngc.development_only
+    assert {"tensorrt", "onnxruntime", "python", "ensemble"} <= ngc.backends
+    assert emb.backends == frozenset({"python", "ensemble"})
+    assert emb.tensorrt_version is None and emb.image is None and emb.development_only
+    assert emb.triton_version == defaults.EMBEDDED_TRITON_VERSION
+    for s in SERVERS.values():
+        assert s.name in SERVERS and SERVERS[s.name] is s
+        assert s.note.strip()
