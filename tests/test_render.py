@@ -58,7 +58,8 @@ def test_encoder_config_carries_the_plan():
     config = model_config_pb2.ModelConfig()
     text_format.Parse(render.render_files(p)["minilm_encoder/config.pbtxt"].decode(), config)
     enc = p.model("minilm_encoder")
-    assert config.backend == "tensorrt" and config.default_model_filename == "model.plan"
+    assert config.backend == "tensorrt" and config.default_model_filename == "model.sm75.plan"
+    assert dict(config.cc_model_filenames) == {"7.5": "model.sm75.plan"}
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     assert config.instance_group[0].count == enc.instances[0].count
     q = config.dynamic_batching.default_queue_policy

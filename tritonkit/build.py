@@ -53,7 +53,8 @@ def _recipe(model: TritonModel, spec_model: ModelSpec) -> dict:
     """Everything that determines the artifact's bytes; a change in any of it means rebuild."""
     return {
         "source": {"format": spec_model.source.format, "path": spec_model.source.path},
-        "backend": model.backend, "precision": model.precision, "opset": defaults.ONNX_OPSET,
+        "backend": model.backend, "runtime": model.runtime, "precision": model.precision,
+        "opset": defaults.ONNX_OPSET,
         "inputs": [[t.name, t.dtype, list(t.dims)] for t in spec_model.inputs],
         "outputs": [[t.name, t.dtype, list(t.dims)] for t in spec_model.outputs],
         "axes": {n: [a.min, a.opt, a.max] for n, a in sorted(spec_model.axes.items())},
@@ -120,9 +121,25 @@ def _needs_torchscript(model: TritonModel, spec_model: ModelSpec, stage: Path) -
     return {"tool": "copied from the TorchScript source"}
 
 
+def _build_torch(model: TritonModel, spec_model: ModelSpec, stage: Path) -> dict:
+    from .export import resolve_sentence_transformer
+    from .torch_export import export_torch_encoder
+    tol = spec_model.tolerance[model.precision]
+    r = export_torch_encoder(resolve_sentence_transformer(spec_model.source.path), stage / "hf", model.precision,
+                             atol=tol.atol, min_cosine=tol.min_cosine or 0.0)
+    return {"tool": f"transformers save_pretrained ({model.precision})", "export_seconds": round(r.seconds, 2),
+            "validation": {"samples": len(defaults.VALIDATION_SENTENCES), "max_abs_error": r.max_abs_error,
+                           "min_cosine": r.min_cosine, "atol": tol.atol, "min_cosine_required": tol.min_cosine,
+                           "device": r.device, "reference": "SentenceTransformer.encode(normalize_embeddings=True)"}}
+
+
+def _build_python_encoder(model: TritonModel, spec_model: ModelSpec, stage: Path) -> dict:
+    return {"onnxruntime": _build_onnx, "torch": _build_torch}[model.runtime](model, spec_model, stage)
+
+
 BUILDERS: dict[tuple[str, str], Callable[[TritonModel, ModelSpec, Path], dict]] = {
     ("tokenizer", "python"): _build_tokenizer,
-    ("encoder", "python"): _build_onnx,
+    ("encoder", "python"): _build_python_encoder,
     ("model", "python"): _build_onnx,
     ("encoder", "onnxruntime"): _build_onnx,
     ("model", "onnxruntime"): _build_onnx,
@@ -157,7 +174,7 @@ def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Pat
     stage.mkdir()
     try:
         record = builder(model, spec_model, stage)
-        files = {name: sha256(stage / name) for name in sorted(os.listdir(stage))}
+        files = {str(f.relative_to(stage)): sha256(f) for f in sorted(stage.rglob("*")) if f.is_file()}
         manifest = {"model": model.name, "tritonkit": __version__, "recipe": recipe, "files": files,
                     "server": {"name": plan.server.name, "triton": plan.server.triton_version,
                                "tensorrt": plan.server.tensorrt_version},
@@ -168,6 +185,7 @@ def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Pat
         (stage / REPRODUCE).write_text(_reproduce_script(plan, repo))
         (stage / REPRODUCE).chmod(0o755)
         for name in [*files, REPRODUCE, MANIFEST]:       # manifest last: it vouches for the files before it
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(stage / name, folder / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -32,25 +32,54 @@ def _planning_args(p: argparse.ArgumentParser) -> None:
                    help="auto (detect), none, a catalogue name (T4, A100, H100, ...), or sm=40,cc=7.5,mem=16GiB")
     g.add_argument("--server", choices=("embedded", "ngc"), default="embedded",
                    help="serving Triton: the embedded PyPI tritonserver (python backend only) or the NGC image")
+    g.add_argument("--no-tensorrt", action="store_true",
+                   help="NGC target where no TensorRT plan can be built: ONNX Runtime with its TensorRT accelerator")
+
+
+def _capabilities(args, hardware):
+    from .policy import Capabilities
+    caps = Capabilities(tensorrt_build=not getattr(args, "no_tensorrt", False))
+    if args.server == "embedded" and hardware.gpus:  # only the PyTorch path needs torch's own threshold
+        from dataclasses import replace
+
+        from .torch_facts import inductor_min_sms
+        sms, source = inductor_min_sms()
+        caps = replace(caps, inductor_min_sms=sms, inductor_source=source)
+    return caps
+
+
+def _make_plans(args):
+    """One plan, or one per GPU type when --gpu names a fleet (T4,L4,H100)."""
+    from .hardware import resolve
+    from .policy import plan_fleet
+    from .servers import server_target
+    from .spec import load_spec
+    hardware = resolve(args.gpu)
+    return plan_fleet(load_spec(args.spec), hardware, server_target(args.server), _capabilities(args, hardware))
 
 
 def _make_plan(args):
-    from .hardware import resolve
-    from .policy import plan
-    from .servers import server_target
-    from .spec import load_spec
-    return plan(load_spec(args.spec), resolve(args.gpu), server_target(args.server))
+    plans = _make_plans(args)
+    if len(plans) > 1:
+        raise UserError("this step targets one GPU type", where="--gpu", actual=args.gpu,
+                        expected="a single GPU type", fix="render fleets with `tritonkit render --gpu A,B`; build and "
+                        "serve on each host with its own GPU")
+    return plans[0]
 
 
-def print_decisions(plan, console) -> None:
+def print_decisions(plans, console) -> None:
     from rich.table import Table
-    table = Table(title=f"plan for {plan.gpu.describe() if plan.gpu else 'CPU'} on the {plan.server.name} server",
-                  show_lines=False)
-    for col in ("model", "decision", "value", "reason"):
-        table.add_column(col, overflow="fold")
-    for d in plan.decisions:
-        table.add_row(d.subject, d.key, d.value, d.reason)
-    console.print(table)
+
+    from .render import variant_name
+    for plan in plans if isinstance(plans, tuple) else (plans,):
+        target = plan.gpu.describe() if plan.gpu else "CPU"
+        table = Table(title=f"plan for {target} on the {plan.server.name} server "
+                            f"(variant '{variant_name(plan)}')", show_lines=False)
+        for col in ("model", "decision", "value", "reason"):
+            table.add_column(col, overflow="fold")
+        for d in plan.decisions:
+            table.add_row(d.subject, d.key, d.value, d.reason)
+        console.print(table)
 
 
 # --- subcommands -----------------------------------------------------------------------------------
@@ -71,18 +100,19 @@ def cmd_detect(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    plan = _make_plan(args)
+    plans = _make_plans(args)
     if args.json:
         from .render import plan_record
-        print(json.dumps(plan_record(plan), indent=2, sort_keys=True))
+        records = [plan_record(p) for p in plans]
+        print(json.dumps(records[0] if len(records) == 1 else records, indent=2, sort_keys=True))
     else:
-        print_decisions(plan, _console())
+        print_decisions(plans, _console())
     return 0
 
 
 def cmd_render(args) -> int:
     from .render import check_repository, render_files, validate_files, write_repository
-    plan = _make_plan(args)
+    plan = _make_plans(args)
     console = _console()
     if args.explain:
         print_decisions(plan, console)
@@ -101,8 +131,10 @@ def cmd_render(args) -> int:
         console.print(f"{args.out} differs from what would be rendered; run `tritonkit render` to update it")
         return 1
     write_repository(plan, args.out, files)
-    console.print(f"rendered {len(plan.models)} models ({len(files)} files) into {args.out}; every config "
-                  "parsed with Triton's model_config schema")
+    variants = "" if len(plan) == 1 else (f", {len(plan)} GPU variants (start each server with "
+                                          f"--model-config-name=<variant>)")
+    console.print(f"rendered {len(plan[0].models)} models ({len(files)} files{variants}) into {args.out}; every "
+                  "config parsed with Triton's model_config schema")
     return 0
 
 

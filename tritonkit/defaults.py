@@ -51,8 +51,25 @@ QUEUE_TIMEOUT_BUDGET_SHARE = 1.0
 # Bounded queue: this many full batches may wait (beyond it, requests are rejected at once).
 QUEUE_BATCHES = 4
 
+# torch._inductor's SM threshold for max_autotune GEMMs (utils.is_big_gpu); read from the installed
+# torch at run time when it imports (tritonkit/torch_facts.py), this value only when it does not.
+INDUCTOR_MIN_SMS = 68
+# GPU memory the policy lets weights of all instances take (the rest: activations, workspace, CUDA).
+GPU_WEIGHTS_MEMORY_SHARE = 0.5
+
 # --- Bench ---------------------------------------------------------------------------------------
 BENCH_CONCURRENCY = (1, 2, 4, 8)
 BENCH_REQUESTS_PER_LEVEL = 200
 BENCH_WARMUP_REQUESTS = 20
 BENCH_REQUEST_TIMEOUT_S = 30.0  # per request: bounds every level in time
+
+# --- TensorRT build ------------------------------------------------------------------------------
+# builderOptimizationLevel: 0..5; 3 is TensorRT's own default (higher: longer builds, sometimes faster plans).
+TRT_BUILDER_OPTIMIZATION_LEVEL = 3
+# Workspace memory pool: min(this cap, this share of the GPU's memory).
+TRT_WORKSPACE_MAX_BYTES = 4 * 1024**3
+TRT_WORKSPACE_MEMORY_SHARE = 0.25
+# Timing caches and intermediate ONNX files live here, next to the model repository (git-ignored).
+TRT_CACHE_DIR = ".cache/tritonkit"
+# Seed of the synthetic inputs a plan is validated on when the spec has no real ones (non-text models).
+VALIDATION_SEED = 0

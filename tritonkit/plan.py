@@ -65,6 +65,19 @@ class Warmup:
 
 
 @dataclass(frozen=True)
+class Profile:
+    """One TensorRT optimization profile: full shapes (batch included) per input."""
+    min: tuple[tuple[str, tuple[int, ...]], ...]
+    opt: tuple[tuple[str, tuple[int, ...]], ...]
+    max: tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def plan_filename(compute_capability: tuple[int, int]) -> str:
+    """TensorRT plan file for one GPU architecture; `cc_model_filenames` maps each cc to its file."""
+    return f"model.sm{compute_capability[0]}{compute_capability[1]}.plan"
+
+
+@dataclass(frozen=True)
 class TritonModel:
     name: str
     role: str                       # "ensemble" | "tokenizer" | "encoder" | "model"
@@ -80,8 +93,12 @@ class TritonModel:
     parameters: tuple[tuple[str, str], ...] = ()
     artifacts: tuple[str, ...] = ()  # files in the version folder that the build step produces
     code_template: str | None = None  # templates/python/<name> rendered to 1/model.py
+    code_files: tuple[str, ...] = ()  # templates/python/<name> copied beside model.py (modules it imports)
     steps: tuple[EnsembleStep, ...] = ()
     warmup: Warmup | None = None
+    profiles: tuple[Profile, ...] = ()                       # TensorRT builder profiles (tensorrt backend)
+    accelerator: tuple[tuple[str, str], ...] = ()            # ONNX Runtime's TensorRT execution accelerator
+    cc_model_filenames: tuple[tuple[str, str], ...] = ()     # ("7.5", "model.sm75.plan"): one plan per GPU arch
 
     @property
     def config_template(self) -> str:

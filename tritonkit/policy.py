@@ -13,9 +13,19 @@ from . import defaults
 from .catalogue import GPU, PRECISION_MIN_CC
 from .errors import UserError
 from .hardware import Hardware
-from .plan import (Batching, Decision, EnsembleStep, InstanceGroup, Plan, TensorConfig, TritonModel, Warmup)
+from .plan import (Batching, Decision, EnsembleStep, InstanceGroup, Plan, Profile, TensorConfig, TritonModel,
+                   Warmup, plan_filename)
 from .servers import ServerTarget
 from .spec import ModelSpec, Spec, Tensor, triton_model_names
+
+# --- what the toolchain can do (passed in like hardware, never queried here) -----------------------
+
+@dataclass(frozen=True)
+class Capabilities:
+    tensorrt_build: bool = True        # a TensorRT of the serving release can build plans (the NGC container)
+    inductor_min_sms: int = defaults.INDUCTOR_MIN_SMS   # torch._inductor's max_autotune GEMM threshold
+    inductor_source: str = "tritonkit default"          # where that number came from, for --explain
+
 
 # --- backend ---------------------------------------------------------------------------------------
 
@@ -27,27 +37,40 @@ class BackendRow:
     needs_gpu: bool | None          # True: only with a GPU; False: only without; None: either
     formats: frozenset[str]
     uses_gpu: bool                  # executes on the GPU when there is one
+    tensorrt_build: bool | None     # True: only where plans can be built; False: only where not; None: either
     reason: str
 
+    @property
+    def label(self) -> str:
+        return self.backend + (f" ({self.runtime})" if self.runtime else "")
 
+
+_ONNXABLE = frozenset({"onnx", "sentence-transformers"})
 BACKENDS = (
-    BackendRow("tensorrt", "", True, frozenset({"onnx", "sentence-transformers"}), True,
+    BackendRow("tensorrt", "", True, _ONNXABLE, True, True,
                "TensorRT plan: the fastest engine on NVIDIA GPUs; built in the TensorRT container of the serving "
                "release so its TensorRT matches"),
-    BackendRow("pytorch", "", None, frozenset({"torchscript"}), True,
+    BackendRow("onnxruntime", "tensorrt-ep", True, _ONNXABLE, True, False,
+               "no TensorRT build for this target: ONNX Runtime backend with the TensorRT execution accelerator "
+               "(engines built at load time by the server's own TensorRT, precision from the plan)"),
+    BackendRow("pytorch", "", None, frozenset({"torchscript"}), True, None,
                "TorchScript source runs natively in the pytorch backend"),
-    BackendRow("onnxruntime", "", False, frozenset({"onnx", "sentence-transformers"}), False,
+    BackendRow("onnxruntime", "", False, _ONNXABLE, False, None,
                "no GPU: the ONNX Runtime backend on CPU (C++, no Python in the request path)"),
-    BackendRow("python", "onnxruntime", None, frozenset({"onnx", "sentence-transformers"}), False,
+    BackendRow("python", "torch", True, frozenset({"sentence-transformers"}), True, None,
+               "this server has only the python backend: model.py runs the encoder in PyTorch on the GPU "
+               "(tensors exchanged with Triton through DLPack)"),
+    BackendRow("python", "onnxruntime", None, _ONNXABLE, False, None,
                "this server has only the python backend: model.py runs the exported ONNX graph with ONNX Runtime "
-               "on the CPU (the CPU onnxruntime wheel; a GPU, if any, is not used by this path)"),
+               "on the CPU"),
 )
 
 
-def choose_backend(model: ModelSpec, server: ServerTarget, gpu: GPU | None) -> BackendRow:
+def choose_backend(model: ModelSpec, server: ServerTarget, gpu: GPU | None, caps: Capabilities) -> BackendRow:
     for row in BACKENDS:
         if (row.backend in server.backends and model.source.format in row.formats
-                and row.needs_gpu in (None, gpu is not None)):
+                and row.needs_gpu in (None, gpu is not None)
+                and (row.tensorrt_build is None or row.tensorrt_build == caps.tensorrt_build)):
             return row
     raise UserError(f"no backend of the {server.name} server can run a {model.source.format} model",
                     where=f"model {model.name}", actual=sorted(server.backends),
@@ -62,16 +85,20 @@ def choose_backend(model: ModelSpec, server: ServerTarget, gpu: GPU | None) -> B
 AUTO_PRECISION_ORDER = ("fp16", "bf16", "fp32")
 # Precisions that change the numbers enough to need calibration data or a pre-quantized model.
 NEEDS_CALIBRATION = frozenset({"int8", "fp8", "fp4"})
-# Where each backend can execute each precision (python/onnxruntime on CPU: FP32 only).
+# What each backend row can execute (ONNX Runtime on CPU and the python/onnxruntime path: FP32 only;
+# the TensorRT execution accelerator takes FP16/INT8 through its precision_mode).
 BACKEND_PRECISIONS = {
     "tensorrt": frozenset({"fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4"}),
+    "onnxruntime (tensorrt-ep)": frozenset({"fp32", "fp16", "int8"}),
     "onnxruntime": frozenset({"fp32"}),
     "pytorch": frozenset({"fp32", "fp16", "bf16"}),
-    "python": frozenset({"fp32"}),
+    "python (torch)": frozenset({"fp32", "fp16", "bf16"}),
+    "python (onnxruntime)": frozenset({"fp32"}),
 }
 
 
 def choose_precision(model: ModelSpec, backend: str, gpu: GPU | None) -> tuple[str, str]:
+    """`backend` is a BackendRow label; `gpu` the device it executes on (None = CPU)."""
     device = gpu.describe() if gpu else "the CPU"
     supported = BACKEND_PRECISIONS[backend]
     if model.precision != "auto":
@@ -177,23 +204,65 @@ def _size(model: ModelSpec, dim: int | str, which: str) -> int:
     return getattr(model.axes[dim], which) if isinstance(dim, str) else dim
 
 
-# Each backend's model file in the version folder (the build step produces it).
-BACKEND_ARTIFACTS = {"tensorrt": ("model.plan",), "onnxruntime": ("model.onnx",), "pytorch": ("model.pt",),
-                     "python": ("model.onnx",)}
+# Each backend row's files in the version folder (the build step produces them). TensorRT plans are
+# named per GPU architecture (plan_filename) so one repository can hold a plan for each.
+ROW_ARTIFACTS = {
+    "onnxruntime": ("model.onnx",), "onnxruntime (tensorrt-ep)": ("model.onnx",), "pytorch": ("model.pt",),
+    "python (onnxruntime)": ("model.onnx",), "python (torch)": ("hf/config.json", "hf/model.safetensors"),
+}
+PYTHON_CODE = {"python (onnxruntime)": "encoder_onnxruntime.py.j2", "python (torch)": "encoder_torch.py.j2"}
+PYTHON_MODULES = {"python (torch)": ("bert_encoder.py",)}
+
+
+def compile_mode(gpu: GPU, caps: Capabilities) -> tuple[str, str]:
+    """torch.compile mode for the PyTorch path, from the GPU's SM count and inductor's own threshold."""
+    if gpu.sm_count >= caps.inductor_min_sms:
+        return "max-autotune", (f"{gpu.sm_count} SMs >= {caps.inductor_min_sms} ({caps.inductor_source}): "
+                                "autotuned GEMM kernels pay off; CUDA graphs remove launch overhead")
+    return "reduce-overhead", (f"{gpu.sm_count} SMs < {caps.inductor_min_sms} ({caps.inductor_source}): "
+                               "max-autotune would print 'Not enough SMs to use max_autotune_gemm mode' and skip "
+                               "GEMM autotuning after paying for it; CUDA graphs only, no autotuning")
+
+
+def fit_instances(count: int, model: ModelSpec, gpu: GPU) -> tuple[int, str]:
+    """Fewer instances when their weights would not leave room for activations; refuse if one does not fit."""
+    budget = gpu.memory_bytes * defaults.GPU_WEIGHTS_MEMORY_SHARE
+    if model.weights_bytes == 0:
+        return count, "weights size unknown: not checked against GPU memory"
+    fits = int(budget // model.weights_bytes)
+    if fits < 1:
+        raise UserError("the model's weights do not fit this GPU", where=f"model {model.name}",
+                        actual=f"{model.weights_bytes / 2**30:.1f} GiB of weights",
+                        expected=f"<= {budget / 2**30:.1f} GiB ({defaults.GPU_WEIGHTS_MEMORY_SHARE:.0%} of "
+                                 f"{gpu.name}'s {gpu.memory_gib:.0f} GiB)",
+                        fix="use a GPU with more memory or a smaller/quantized model")
+    n = min(count, fits)
+    return n, (f"weights {model.weights_bytes / 2**20:.0f} MiB x {n} = {n * model.weights_bytes / 2**20:.0f} MiB of "
+               f"{gpu.memory_gib:.0f} GiB" + (f" (cut from {count}: memory)" if n < count else ""))
+
+
+def profiles(model: ModelSpec) -> tuple[Profile, ...]:
+    """One TensorRT profile spanning each named axis' min/opt/max (the batch axis included)."""
+    def shapes(which: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        return tuple((t.name, tuple(_size(model, d, which) for d in t.dims)) for t in model.inputs)
+    return (Profile(min=shapes("min"), opt=shapes("opt"), max=shapes("max")),)
 
 
 def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gpu: GPU | None,
+             caps: Capabilities, fleet_ccs: tuple[tuple[int, int], ...],
              decide: Callable[[str, str, str, str], None]) -> TritonModel:
-    row = choose_backend(model, server, gpu)
-    decide(name, "backend", row.backend + (f" ({row.runtime})" if row.runtime else ""), row.reason)
+    row = choose_backend(model, server, gpu, caps)
+    decide(name, "backend", row.label, row.reason)
     device = gpu if row.uses_gpu else None
-    precision, why = choose_precision(model, row.backend, device)
+    precision, why = choose_precision(model, row.label, device)
     decide(name, "precision", precision, why)
     params: list[tuple[str, str]] = []
     if device is not None:
-        count, why = gpu_instances(gpu)
+        count, why = gpu_instances(device)
+        count, mem_why = fit_instances(count, model, device)
+        decide(name, "gpu_memory", f"{count} instance(s)", mem_why)
         # Pin GPUs only on a mixed host; otherwise "all GPUs" keeps the config portable across hosts.
-        pinned = tuple(g.index for g in hw.gpus if g.name == gpu.name) if len(hw.gpu_types()) > 1 else ()
+        pinned = tuple(g.index for g in hw.gpus if g.name == device.name) if len(hw.gpu_types()) > 1 else ()
         groups = (InstanceGroup("KIND_GPU", count, pinned),)
     else:
         count, threads, why = cpu_instances(hw.cpu_cores)
@@ -218,20 +287,39 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
         for t in model.inputs))
     decide(name, "warmup", "1 request of typical shape", "readiness then means warm: the first real request "
            "is not the one that pays for lazy initialisation")
+    artifacts, cc_files, plan_profiles, accelerator = ROW_ARTIFACTS.get(row.label, ()), (), (), ()
+    if row.backend == "tensorrt":
+        ccs = fleet_ccs or (device.compute_capability,)
+        cc_files = tuple((f"{cc[0]}.{cc[1]}", plan_filename(cc)) for cc in ccs)
+        artifacts = (plan_filename(device.compute_capability),)
+        plan_profiles = profiles(model)
+        decide(name, "plan_files", ", ".join(f"{cc} -> {f}" for cc, f in cc_files),
+               "a plan loads only on the GPU architecture that built it: cc_model_filenames picks each GPU's own")
+        p = plan_profiles[0]
+        decide(name, "profile", f"min {dict(p.min)} opt {dict(p.opt)} max {dict(p.max)}",
+               "one optimization profile spanning the spec's named axes (batch up to max_batch_size)")
+    if row.runtime == "tensorrt-ep":
+        accelerator = (("precision_mode", precision.upper()), ("max_workspace_size_bytes", str(1 << 30)))
     if row.backend == "python":
-        params += [("runtime", row.runtime), ("model_file", BACKEND_ARTIFACTS["python"][0]), ("precision", precision)]
+        params += [("runtime", row.runtime), ("precision", precision)]
+        params.append(("model_file", artifacts[0]) if row.runtime == "onnxruntime" else ("model_dir", "hf"))
+    if row.runtime == "torch":
+        mode, why = compile_mode(device, caps)
+        decide(name, "torch_compile", mode, why)
+        params += [("compile_mode", mode), ("max_length", str(_size(model, model.inputs[0].dims[-1], "max")))]
     return TritonModel(
         name=name, role="encoder" if model.pipeline != "none" else "model", source_model=model.name,
         backend=row.backend, runtime=row.runtime, precision=precision, max_batch_size=mbs,
         inputs=_tensors(model, model.inputs, ragged), outputs=_tensors(model, model.outputs),
-        instances=groups, batching=queue, parameters=tuple(params), artifacts=BACKEND_ARTIFACTS[row.backend],
-        code_template="encoder_onnxruntime.py.j2" if row.backend == "python" else None, warmup=warmup)
+        instances=groups, batching=queue, parameters=tuple(params), artifacts=artifacts,
+        code_template=PYTHON_CODE.get(row.label), code_files=PYTHON_MODULES.get(row.label, ()), warmup=warmup, profiles=plan_profiles,
+        cc_model_filenames=cc_files, accelerator=accelerator)
 
 
-def _text_embedding(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: GPU | None,
-                    decide: Callable[[str, str, str, str], None]) -> tuple[TritonModel, ...]:
+def _text_embedding(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: GPU | None, caps: Capabilities,
+                    fleet_ccs: tuple, decide: Callable[[str, str, str, str], None]) -> tuple[TritonModel, ...]:
     ens_name, tok_name, enc_name = triton_model_names(model)
-    encoder = _encoder(model, enc_name, hw, server, gpu, decide)
+    encoder = _encoder(model, enc_name, hw, server, gpu, caps, fleet_ccs, decide)
     mbs = model.max_batch_size
     text = TensorConfig(model.text_input, "BYTES", (1,) if mbs else (-1,))
     tok_queue = None
@@ -270,22 +358,27 @@ def _text_embedding(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: G
     return ensemble, tokenizer, encoder
 
 
-def _single(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: GPU | None,
-            decide: Callable[[str, str, str, str], None]) -> tuple[TritonModel, ...]:
-    return (_encoder(model, model.name, hw, server, gpu, decide),)
+def _single(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: GPU | None, caps: Capabilities,
+            fleet_ccs: tuple, decide: Callable[[str, str, str, str], None]) -> tuple[TritonModel, ...]:
+    return (_encoder(model, model.name, hw, server, gpu, caps, fleet_ccs, decide),)
 
 
 PIPELINES = {"text-embedding": _text_embedding, "none": _single}
 
 
-def plan(spec: Spec, hardware: Hardware, server: ServerTarget, gpu: GPU | None = None) -> Plan:
-    """Decide everything for one GPU type (default: the first GPU of `hardware`, or CPU when it has none)."""
+def plan(spec: Spec, hardware: Hardware, server: ServerTarget, gpu: GPU | None = None,
+         caps: Capabilities = Capabilities(), fleet_ccs: tuple[tuple[int, int], ...] = ()) -> Plan:
+    """Decide everything for one GPU type (default: the GPU of `hardware`, or CPU when it has none).
+
+    `fleet_ccs`: every compute capability of the fleet this plan is one variant of, so TensorRT
+    configs name a plan file for each (cc_model_filenames).
+    """
     if gpu is None and hardware.gpus:
         types = hardware.gpu_types()
         if len(types) > 1:
             raise UserError("several GPU types given; a single plan targets one", where="--gpu",
                             actual=[g.name for g in types], expected="one GPU type",
-                            fix="render one repository per GPU type (fleet variants are planned for a later release)")
+                            fix="use plan_fleet (the CLI does) to render one config variant per GPU type")
         gpu = types[0]
     decisions: list[Decision] = []
 
@@ -296,6 +389,16 @@ def plan(spec: Spec, hardware: Hardware, server: ServerTarget, gpu: GPU | None =
     decide("server", "hardware", gpu.describe() if gpu else "CPU only", hardware.describe())
     models: list[TritonModel] = []
     for m in spec.models:
-        models.extend(PIPELINES[m.pipeline](m, hardware, server, gpu, decide))
+        models.extend(PIPELINES[m.pipeline](m, hardware, server, gpu, caps, fleet_ccs, decide))
     return Plan(spec_path=str(spec.path), server=server, hardware=hardware, gpu=gpu, models=tuple(models),
                 decisions=tuple(decisions))
+
+
+def plan_fleet(spec: Spec, hardware: Hardware, server: ServerTarget,
+               caps: Capabilities = Capabilities()) -> tuple[Plan, ...]:
+    """One plan per GPU type (one for CPU-only); together they render one repository for the fleet."""
+    types = hardware.gpu_types()
+    if len(types) <= 1:
+        return (plan(spec, hardware, server, caps=caps),)
+    ccs = tuple(sorted({g.compute_capability for g in types}))
+    return tuple(plan(spec, hardware, server, gpu=g, caps=caps, fleet_ccs=ccs) for g in types)

@@ -12,6 +12,7 @@ import ctypes
 import difflib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,17 +47,46 @@ def _tidy(text: str) -> bytes:
     return ("\n".join(out).strip() + "\n").encode()
 
 
-def render_files(plan: Plan) -> dict[str, bytes]:
+Plans = Plan | tuple[Plan, ...]
+
+
+def _as_tuple(plans: Plans) -> tuple[Plan, ...]:
+    return plans if isinstance(plans, tuple) else (plans,)
+
+
+def variant_name(plan: Plan) -> str:
+    """`--model-config-name` of a fleet variant: the GPU name as a slug ("tesla-t4", "h100-sxm")."""
+    return re.sub(r"[^a-z0-9]+", "-", plan.gpu.name.lower()).strip("-") if plan.gpu else "cpu"
+
+
+def render_files(plans: Plans) -> dict[str, bytes]:
+    """One plan -> a repository; several (a fleet) -> the first as config.pbtxt and every one as
+    configs/<variant>.pbtxt, chosen per server with `tritonserver --model-config-name=<variant>`."""
+    plans = _as_tuple(plans)
     env = _environment()
     files: dict[str, bytes] = {}
-    for m in plan.models:
-        files[f"{m.name}/config.pbtxt"] = _tidy(env.get_template(m.config_template).render(m=m))
-        if m.code_template:
-            files[f"{m.name}/{VERSION}/model.py"] = _tidy(env.get_template(f"python/{m.code_template}").render(m=m))
-        elif not m.artifacts:
-            files[f"{m.name}/{VERSION}/.keep"] = b""  # Triton needs a version folder even for ensembles
+    for i, plan in enumerate(plans):
+        for m in plan.models:
+            config = _tidy(env.get_template(m.config_template).render(m=m))
+            if i == 0:
+                files[f"{m.name}/config.pbtxt"] = config
+            if len(plans) > 1:
+                files[f"{m.name}/configs/{variant_name(plan)}.pbtxt"] = config
+            if m.code_template:
+                code = _tidy(env.get_template(f"python/{m.code_template}").render(m=m))
+                rel = f"{m.name}/{VERSION}/model.py"
+                for name in m.code_files:
+                    files[f"{m.name}/{VERSION}/{name}"] = (defaults.TEMPLATES_DIR / "python" / name).read_bytes()
+                if files.setdefault(rel, code) != code:
+                    raise UserError("fleet variants need different model code for one model", where=m.name,
+                                    actual=[variant_name(p) for p in plans], expected="one code path for all GPUs",
+                                    fix="render one repository per GPU type")
+            elif not m.artifacts:
+                files[f"{m.name}/{VERSION}/.keep"] = b""  # Triton needs a version folder even for ensembles
     files[README] = README_TEXT
-    files[PLAN_FILE] = (json.dumps(plan_record(plan), indent=2, sort_keys=True) + "\n").encode()
+    record = plan_record(plans[0]) if len(plans) == 1 else {"generator": "tritonkit",
+                                                             "fleet": [plan_record(p) for p in plans]}
+    files[PLAN_FILE] = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
     return files
 
 
@@ -88,14 +118,17 @@ def validate_config(text: bytes | str, where: str, model: TritonModel | None = N
     return config
 
 
-def validate_files(plan: Plan, files: dict[str, bytes]) -> None:
-    names = {m.name for m in plan.models}
-    for m in plan.models:
-        config = validate_config(files[f"{m.name}/config.pbtxt"], f"{m.name}/config.pbtxt", m)
-        for step in config.ensemble_scheduling.step:
-            if step.model_name not in names:
-                raise UserError("ensemble step names a model that is not in the repository",
-                                where=f"{m.name}/config.pbtxt", actual=step.model_name, expected=sorted(names))
+def validate_files(plans: Plans, files: dict[str, bytes]) -> None:
+    plans = _as_tuple(plans)
+    names = {m.name for m in plans[0].models}
+    for m in plans[0].models:
+        configs = [f"{m.name}/config.pbtxt"] + sorted(r for r in files if r.startswith(f"{m.name}/configs/"))
+        for rel in configs:
+            config = validate_config(files[rel], rel, m)
+            for step in config.ensemble_scheduling.step:
+                if step.model_name not in names:
+                    raise UserError("ensemble step names a model that is not in the repository", where=rel,
+                                    actual=step.model_name, expected=sorted(names))
 
 
 # --- atomic write ----------------------------------------------------------------------------------
@@ -115,10 +148,11 @@ def _exchange(a: Path, b: Path) -> bool:
     return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
-def _carried(plan: Plan) -> list[str]:
+def _carried(plans: Plans) -> list[str]:
     """Built artifacts (and their manifests) that re-rendering keeps: rendering never forces a rebuild."""
-    return [f"{m.name}/{VERSION}/{name}" for m in plan.models for name in (*m.artifacts, MANIFEST)
-            if m.artifacts]
+    return sorted({f"{m.name}/{VERSION}/{name}" for plan in _as_tuple(plans) for m in plan.models
+                   for name in (*m.artifacts, *(f for _, f in m.cc_model_filenames), MANIFEST, "reproduce.sh")
+                   if m.artifacts})
 
 
 def _check_target(out: Path) -> None:
@@ -131,7 +165,7 @@ def _check_target(out: Path) -> None:
                         fix="choose another --out or move that folder away")
 
 
-def write_repository(plan: Plan, out: Path, files: dict[str, bytes] | None = None) -> dict[str, bytes]:
+def write_repository(plan: Plans, out: Path, files: dict[str, bytes] | None = None) -> dict[str, bytes]:
     out = Path(out).absolute()
     _check_target(out)
     files = render_files(plan) if files is None else files
@@ -188,7 +222,7 @@ class Drift:
         return not (self.missing or self.changed or self.extra)
 
 
-def check_repository(plan: Plan, out: Path, files: dict[str, bytes] | None = None) -> Drift:
+def check_repository(plan: Plans, out: Path, files: dict[str, bytes] | None = None) -> Drift:
     """Compare what would be rendered with what is on disk (built artifacts are not rendered, so ignored)."""
     files = render_files(plan) if files is None else files
     out = Path(out)

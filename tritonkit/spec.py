@@ -76,6 +76,7 @@ class ModelSpec:
     calibration: str | None = None   # calibration data: required for int8/fp8
     text_input: str = "text"         # ensemble input name of the text-embedding pipeline
     description: str = ""
+    weights_bytes: int = 0           # size of the source's weight files (0 = unknown); GPU memory planning
 
     @property
     def batched(self) -> bool:
@@ -209,6 +210,24 @@ def _source(ctx: _Ctx, where: str, raw: Any, base: Path) -> Source:
     return Source(format=fmt, path=str(resolved))
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt", ".pth", ".plan")
+
+
+def weights_bytes(source: Source) -> int:
+    """Bytes of weight files at the source (a file, a folder, or a pkg: module's folder); 0 if unknown."""
+    if source.path.startswith("pkg:"):
+        import importlib.util
+        spec = importlib.util.find_spec(source.path[4:])
+        roots = list(spec.submodule_search_locations or []) if spec else []
+    else:
+        roots = [source.path]
+    total = 0
+    for root in map(Path, roots):
+        files = [root] if root.is_file() else root.rglob("*")
+        total += sum(f.stat().st_size for f in files if f.suffix in WEIGHT_SUFFIXES and f.is_file())
+    return total
+
+
 def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
     raw = ctx.mapping(where, raw, ("name", "source", "inputs", "outputs", "max_batch_size", "latency_budget",
                                    "tolerance"),
@@ -290,6 +309,7 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
     if pipeline == "text-embedding":
         _check_text_embedding(ctx, where, tensors["inputs"], tensors["outputs"])
     return ModelSpec(name=name, source=source, pipeline=pipeline, inputs=tensors["inputs"],
+                     weights_bytes=weights_bytes(source),
                      outputs=tensors["outputs"], axes=axes, max_batch_size=mbs, batch_axis=batch_axis,
                      p99_budget_ms=float(p99), tolerance=tolerance, precision=precision, calibration=calibration,
                      text_input=text_input, description=str(raw.get("description", "")))
