@@ -86,7 +86,7 @@ def test_example_spec_plans_everywhere(server, gpu):
     elif server == "ngc":
         backend, precision, kind, count = "onnxruntime", "fp32", "KIND_CPU", 8
     elif gpu:  # embedded + GPU: python backend running the encoder in PyTorch on the GPU
-        backend, precision, kind, count = "python", "fp16", "KIND_GPU", EXPECTED_GPU_INSTANCES[gpu]
+        backend, precision, kind, count = "python", "fp16", "KIND_GPU", 2  # python backend: 2 on any GPU
     else:  # embedded, no GPU: python backend running ONNX Runtime on the CPU
         backend, precision, kind, count = "python", "fp32", "KIND_CPU", 8
     assert (enc.backend, enc.precision) == (backend, precision)
@@ -112,7 +112,7 @@ def test_example_spec_plans_everywhere(server, gpu):
         assert decision(p, "minilm_encoder", "backend").value == f"python ({runtime})"
         if gpu:
             threshold = defaults.INDUCTOR_MIN_SMS
-            mode = "max-autotune" if hw.gpus[0].sm_count >= threshold else "reduce-overhead"
+            mode = "max-autotune" if hw.gpus[0].sm_count >= threshold else "cudagraphs"
             assert params["compile_mode"] == decision(p, "minilm_encoder", "torch_compile").value == mode
     else:
         assert not any(d.key == "ragged_batch" for d in p.decisions)

@@ -1,10 +1,26 @@
 """Step 5: produce every artifact the plan names, prove each one numerically, record what it is.
 
-Each artifact is written to a temporary name, validated, and only then moved into place, so a
-failed build leaves the previous artifact untouched. Next to it: `build.json` (what it is, from
-what, how close to the source it measured) and `reproduce.sh` (the command that rebuilds it).
-An artifact whose manifest matches the current plan and whose bytes hash to the recorded value
+Each artifact is written to a staging folder, validated, and only then moved into place, so a failed
+build leaves the previous artifact and its manifest byte-identical. Next to it: `build.json` (what it
+is, from which source bytes (sha256), with which tools, how close to its reference it measured) and
+`reproduce.sh` (the command that rebuilds it; for TensorRT plans also the equivalent `trtexec` line).
+An artifact whose recorded recipe matches the current one and whose bytes hash to the recorded value
 is not rebuilt.
+
+| plan row                    | artifact            | proof                                                          |
+|-----------------------------|---------------------|----------------------------------------------------------------|
+| python (tokenizers)         | tokenizer.json ...  | loads in `tokenizers` (export.copy_tokenizer)                  |
+| onnxruntime / python (ort)  | model.onnx          | sentence-transformers source: export + onnx.checker + values vs |
+|                             |                     | SentenceTransformer.encode; onnx source: signature + a run     |
+| tensorrt                    | model.sm<cc>.plan   | the ONNX above, then the plan vs ONNX Runtime on the same      |
+|                             |                     | inputs with the tolerance of the plan's precision              |
+| pytorch                     | model.pt            | loads with torch.jit.load and runs at the spec's min/opt shapes |
+| python (torch)              | hf/ weights         | saved in the plan's precision, run as model.py runs them, vs    |
+|                             |                     | SentenceTransformer.encode (tritonkit.torch_export)            |
+
+TensorRT plans are built only where the serving release's TensorRT runs on a GPU of the target
+architecture (`tensorrt.require_build_host`); anywhere else the build stops before doing any work,
+with a UserError that names the container command (docker compose: the `trt-build` service).
 """
 
 from __future__ import annotations
@@ -16,9 +32,9 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from . import __version__, defaults
 from .errors import UserError
@@ -27,13 +43,14 @@ from .render import MANIFEST, VERSION
 from .spec import ModelSpec, Spec, load_spec
 
 REPRODUCE = "reproduce.sh"
+Plans = Plan | tuple[Plan, ...]
 
 
 @dataclass(frozen=True)
 class BuildResult:
     model: str
     artifacts: tuple[str, ...]
-    status: str                     # "built" | "current"
+    status: str                     # "built" | "current" | "skipped"
     seconds: float
     detail: str
 
@@ -49,176 +66,462 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _recipe(model: TritonModel, spec_model: ModelSpec) -> dict:
-    """Everything that determines the artifact's bytes; a change in any of it means rebuild."""
+def label(model: TritonModel) -> str:
+    """The plan row of a model: backend, plus the runtime a python/onnxruntime model runs ("python (onnxruntime)")."""
+    return model.backend + (f" ({model.runtime})" if model.runtime else "")
+
+
+# --- what a build is made of -------------------------------------------------------------------------
+
+@dataclass
+class BuildContext:
+    plan: Plan
+    model: TritonModel
+    spec_model: ModelSpec
+    repo: Path
+    folder: Path                    # the version folder the artifacts end up in
+    stage: Path                     # builders write here; moved into `folder` only after validation
+    source: Path                    # the resolved source file or folder
+    source_sha256: str
+    host: object | None = None      # tensorrt.BuildHost where plans are built
+    step: Callable[[str], None] = lambda text: None
+    on_phase: Callable[[str, int, int], None] | None = None
+    trtexec: list[str] | None = field(default=None)   # set by the TensorRT builder for reproduce.sh
+
+    @property
+    def cache_dir(self) -> Path:
+        """Timing caches and intermediate ONNX files: next to the repository, shared by its builds."""
+        return self.repo.resolve().parent / defaults.TRT_CACHE_DIR
+
+
+def _resolve_source(spec_model: ModelSpec) -> Path:
+    if spec_model.source.format == "sentence-transformers":
+        from .export import resolve_sentence_transformer
+        return resolve_sentence_transformer(spec_model.source.path)
+    if spec_model.source.path.startswith("pkg:"):
+        raise UserError("pkg: sources are sentence-transformers folders", where=f"{spec_model.name}: source.path",
+                        actual=spec_model.source.path, expected=f"a {spec_model.source.format} file path")
+    return Path(spec_model.source.path)
+
+
+def _tolerances(model: TritonModel, spec_model: ModelSpec) -> dict:
+    """The tolerances the artifact is proven with: FP32 for the exported graph, the model's precision for it
+    (none for a tokenizer, which is not compared numerically)."""
+    if model.role == "tokenizer":
+        return {}
+    return {p: asdict(spec_model.tolerance[p]) for p in sorted({"fp32", model.precision}) if p in spec_model.tolerance}
+
+
+def _recipe(model: TritonModel, spec_model: ModelSpec, source_sha: str) -> dict:
+    """Everything that determines the artifact's bytes or its proof; a change in any of it means rebuild."""
     return {
-        "source": {"format": spec_model.source.format, "path": spec_model.source.path},
-        "backend": model.backend, "runtime": model.runtime, "precision": model.precision,
-        "opset": defaults.ONNX_OPSET,
+        "source": {"format": spec_model.source.format, "path": spec_model.source.path, "sha256": source_sha},
+        "backend": label(model), "precision": model.precision, "opset": defaults.ONNX_OPSET,
         "inputs": [[t.name, t.dtype, list(t.dims)] for t in spec_model.inputs],
         "outputs": [[t.name, t.dtype, list(t.dims)] for t in spec_model.outputs],
         "axes": {n: [a.min, a.opt, a.max] for n, a in sorted(spec_model.axes.items())},
+        "tolerance": _tolerances(model, spec_model),
     }
 
 
-def _is_current(folder: Path, model: TritonModel, recipe: dict) -> bool:
+def _read_manifest(folder: Path) -> dict:
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
+        return json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
-        return False
-    if manifest.get("recipe") != recipe:
-        return False
-    return all((folder / name).is_file() and sha256(folder / name) == manifest["files"].get(name)
-               for name in model.artifacts)
+        return {}
 
 
-# --- one builder per artifact kind (table; a miss raises) ------------------------------------------
+def _is_current(folder: Path, names: tuple[str, ...], recipe: dict, plan_file: str | None = None) -> bool:
+    """The recorded recipe equals ``recipe`` and every file hashes to its recorded value.
 
-def _build_tokenizer(model: TritonModel, spec_model: ModelSpec, stage: Path) -> dict:
-    from .export import copy_tokenizer, resolve_sentence_transformer
-    copy_tokenizer(resolve_sentence_transformer(spec_model.source.path), stage)
+    ``plan_file``: a TensorRT plan, recorded in ``build.json``'s ``plans`` map (one entry per GPU architecture)."""
+    manifest = _read_manifest(folder)
+    if plan_file is not None:
+        entry = (manifest.get("plans") or {}).get(plan_file) or {}
+        recorded, hashes = entry.get("recipe"), {plan_file: entry.get("sha256")}
+    else:
+        recorded, hashes = manifest.get("recipe"), manifest.get("files") or {}
+    return recorded == recipe and all((folder / n).is_file() and sha256(folder / n) == hashes.get(n) for n in names)
+
+
+# --- one builder per plan row (table; a miss raises) -------------------------------------------------
+
+def _build_tokenizer(ctx: BuildContext) -> dict:
+    from .export import copy_tokenizer
+    copy_tokenizer(ctx.source, ctx.stage)
     return {"tool": "tokenizers files copied from the sentence-transformers source"}
 
 
-def _build_onnx(model: TritonModel, spec_model: ModelSpec, stage: Path) -> dict:
-    from .export import (TensorSig, check_signature, export_sentence_embedding, resolve_sentence_transformer,
-                         validate_sentence_embedding)
-    out = stage / model.artifacts[0]
-    expected_in = tuple(TensorSig(t.name, t.dtype, t.dims) for t in spec_model.inputs)
-    expected_out = tuple(TensorSig(t.name, t.dtype, t.dims) for t in spec_model.outputs)
-    where = f"{spec_model.name}: source {spec_model.source.path}"
-    if spec_model.source.format == "onnx":
-        shutil.copyfile(spec_model.source.path, out)
-        check_signature(out, expected_in, expected_out, where=where)
-        return {"tool": "copied from the ONNX source", "signature": "matches the spec"}
-    model_dir = resolve_sentence_transformer(spec_model.source.path)
-    axes = {i: d for i, d in enumerate(spec_model.inputs[0].dims) if isinstance(d, str)}
-    result = export_sentence_embedding(model_dir, out, input_names=tuple(t.name for t in spec_model.inputs),
-                                       output_name=spec_model.outputs[0].name, axes=axes, opset=defaults.ONNX_OPSET)
+def _check_outputs(outputs: dict, spec_model: ModelSpec, which: str, where: str) -> None:
+    from .export import NUMPY_DTYPES
+    for t in spec_model.outputs:
+        if t.name not in outputs:
+            raise UserError(f"the model has no output '{t.name}'", where=where, actual=sorted(outputs),
+                            expected=[o.name for o in spec_model.outputs])
+        want = tuple(getattr(spec_model.axes[d], which) if isinstance(d, str) else d for d in t.dims)
+        got = outputs[t.name]
+        if tuple(got.shape) != want or str(got.dtype) != NUMPY_DTYPES.get(t.dtype, "?"):
+            raise UserError(f"output '{t.name}' does not match the spec at the {which} shapes", where=where,
+                            actual=f"{got.dtype} {list(got.shape)}", expected=f"{NUMPY_DTYPES.get(t.dtype)} {list(want)}")
+
+
+def _check_onnx(ctx: BuildContext, path: Path) -> dict:
+    """An ONNX file given as the source: its signature must be the spec's, and it must run at the opt shapes."""
+    from .export import TensorSig, check_signature, run_onnx, spec_shapes, synthetic_feeds
+    sm = ctx.spec_model
+    where = f"{sm.name}: source {sm.source.path}"
+    check_signature(path, tuple(TensorSig(t.name, t.dtype, t.dims) for t in sm.inputs),
+                    tuple(TensorSig(t.name, t.dtype, t.dims) for t in sm.outputs), where=where)
+    feeds = synthetic_feeds(sm.inputs, spec_shapes(sm, "opt"), defaults.VALIDATION_SEED)
+    _check_outputs(run_onnx(path, feeds), sm, "opt", where)
+    return {"signature": "matches the spec",
+            "smoke": {"runtime": "onnxruntime (CPU)", "shapes": {k: list(v.shape) for k, v in feeds.items()}}}
+
+
+def _make_onnx(ctx: BuildContext, out: Path) -> dict:
+    """The FP32 ONNX graph of the source at ``out``, proven: exported and validated, or copied and run."""
+    from .export import TensorSig, check_signature, export_sentence_embedding, validate_sentence_embedding
+    sm = ctx.spec_model
+    expected_in = tuple(TensorSig(t.name, t.dtype, t.dims) for t in sm.inputs)
+    expected_out = tuple(TensorSig(t.name, t.dtype, t.dims) for t in sm.outputs)
+    where = f"{sm.name}: source {sm.source.path}"
+    if sm.source.format == "onnx":
+        ctx.step("copying and checking the ONNX source")
+        shutil.copyfile(ctx.source, out)
+        return {"tool": "copied from the ONNX source", **_check_onnx(ctx, out)}
+    if sm.source.format != "sentence-transformers":
+        raise UserError("no ONNX export for this source format", where=where, actual=sm.source.format,
+                        expected="sentence-transformers or onnx")
+    ctx.step("exporting to ONNX")
+    axes = {i: d for i, d in enumerate(sm.inputs[0].dims) if isinstance(d, str)}
+    result = export_sentence_embedding(ctx.source, out, input_names=tuple(t.name for t in sm.inputs),
+                                       output_name=sm.outputs[0].name, axes=axes, opset=defaults.ONNX_OPSET)
     check_signature(out, expected_in, expected_out, where=where)
-    tol = spec_model.tolerance[model.precision]
-    check = validate_sentence_embedding(out, model_dir, atol=tol.atol, min_cosine=tol.min_cosine or 0.0)
+    tol = sm.tolerance.get("fp32") or sm.tolerance[ctx.model.precision]   # the graph itself is FP32
+    ctx.step("validating the ONNX graph against sentence-transformers")
+    check = validate_sentence_embedding(out, ctx.source, atol=tol.atol, rtol=tol.rtol,
+                                        min_cosine=tol.min_cosine or 0.0)
     if not check.passed:
         raise UserError(f"exported ONNX does not match the source model: {check.explain()}", where=where,
                         actual=f"max abs error {check.max_abs_error:.3g}, min cosine {check.min_cosine:.6f}",
-                        expected=f"atol {tol.atol:g}, min cosine {tol.min_cosine}",
+                        expected=f"atol {tol.atol:g}" + (f" + rtol {tol.rtol:g} x |ref|" if tol.rtol else "")
+                                 + f", min cosine {tol.min_cosine}",
                         fix="loosen tolerance in the spec only if that error is acceptable for your use")
     return {"tool": result.exporter, "opset": result.opset, "export_seconds": round(result.seconds, 2),
             "validation": {"samples": check.samples, "max_abs_error": check.max_abs_error,
-                           "min_cosine": check.min_cosine, "atol": tol.atol, "min_cosine_required": tol.min_cosine,
+                           "min_cosine": check.min_cosine, "atol": tol.atol, "rtol": tol.rtol,
+                           "min_cosine_required": tol.min_cosine,
                            "reference": "SentenceTransformer.encode(normalize_embeddings=True)"}}
 
 
-def _needs_tensorrt(model: TritonModel, spec_model: ModelSpec, stage: Path) -> dict:
-    raise UserError("TensorRT plans are built inside the TensorRT container of the serving release",
-                    where=model.name, actual="tensorrt backend on this host",
-                    expected=f"a build in {defaults.NGC_TENSORRT_IMAGE}",
-                    fix="use --server embedded here, or build on a GPU host with the NGC TensorRT image")
+def _build_onnx(ctx: BuildContext) -> dict:
+    return _make_onnx(ctx, ctx.stage / ctx.model.artifacts[0])
 
 
-def _needs_torchscript(model: TritonModel, spec_model: ModelSpec, stage: Path) -> dict:
-    shutil.copyfile(spec_model.source.path, stage / model.artifacts[0])
-    return {"tool": "copied from the TorchScript source"}
+def _plan_feeds(ctx: BuildContext, settings) -> list[tuple[str, dict]]:
+    """Inputs a plan is validated on: real sentences for text embeddings, else the profile's min/opt/max shapes."""
+    from .export import sentence_features, synthetic_feeds
+    if ctx.spec_model.pipeline == "text-embedding":
+        feats = sentence_features(ctx.source)
+        return [(f"{len(defaults.VALIDATION_SENTENCES)} validation sentences", feats)]
+    p = settings.profiles[0]
+    return [(f"profile 0 {which} shapes", synthetic_feeds(ctx.spec_model.inputs, dict(getattr(p, which)),
+                                                          defaults.VALIDATION_SEED))
+            for which in ("min", "opt", "max")]
 
 
-def _build_torch(model: TritonModel, spec_model: ModelSpec, stage: Path) -> dict:
-    from .export import resolve_sentence_transformer
+def _build_tensorrt(ctx: BuildContext) -> dict:
+    from . import tensorrt as T
+    from .export import compare_outputs, quantize_ops, run_onnx
+    settings = T.builder_settings(ctx.plan, ctx.model, ctx.spec_model)
+    if ctx.host is None:   # build() checks the host first; a direct call without one is our bug
+        raise AssertionError("TensorRT build without a checked build host")
+    sm = ctx.spec_model
+    if sm.source.format == "onnx":
+        onnx_path = ctx.source
+        onnx_record = {"tool": "the ONNX source itself", **_check_onnx(ctx, onnx_path)}
+    else:
+        onnx_path = ctx.cache_dir / "onnx" / f"{ctx.model.name}-{ctx.source_sha256[:12]}-opset{defaults.ONNX_OPSET}.onnx"
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        onnx_record = _make_onnx(ctx, onnx_path)
+    onnx_record.update({"path": str(onnx_path), "sha256": sha256(onnx_path)})
+    T.require_quantized(settings, quantize_ops(onnx_path), where=f"{sm.name}: {onnx_path}", calibration=sm.calibration)
+    plan_path = ctx.stage / settings.plan_file
+    cache_path = ctx.cache_dir / settings.timing_cache
+    ctx.step(f"building {settings.plan_file} ({settings.precision.upper()}, TensorRT {ctx.host.tensorrt_version}, "
+             f"{ctx.host.gpu.name})")
+    engine = T.build_engine(settings, onnx_path, plan_path, cache_path, on_phase=ctx.on_phase)
+    ctx.step(f"validating {settings.plan_file} against ONNX Runtime")
+    tol = sm.tolerance[settings.precision]
+    runs, worst = [], None
+    for what, feeds in _plan_feeds(ctx, settings):
+        check = compare_outputs(run_onnx(onnx_path, feeds), T.run_plan(plan_path, feeds), atol=tol.atol, rtol=tol.rtol,
+                                min_cosine=tol.min_cosine or 0.0)
+        runs.append({"inputs": what, "max_abs_error": check.max_abs_error, "min_cosine": check.min_cosine,
+                     "passed": check.passed})
+        if not check.passed:
+            raise UserError(f"the {settings.precision.upper()} plan does not match ONNX Runtime on {what}: "
+                            f"{check.explain()}", where=f"{ctx.model.name}/{settings.plan_file}",
+                            actual=f"max abs error {check.max_abs_error:.3g}, min cosine {check.min_cosine:.6f}",
+                            expected=f"tolerance.{settings.precision}: atol {tol.atol:g}, rtol {tol.rtol:g}, "
+                                     f"min cosine {tol.min_cosine}",
+                            fix="choose a wider precision (precision: fp32 or auto without this precision's "
+                                "tolerance), or loosen the tolerance only if that error is acceptable")
+        worst = check if worst is None or check.max_abs_error > worst.max_abs_error else worst
+    validation = {"reference": "ONNX Runtime (CPU, FP32) on the same inputs", "runs": runs,
+                  "max_abs_error": worst.max_abs_error, "min_cosine": min(r["min_cosine"] for r in runs),
+                  "atol": tol.atol, "rtol": tol.rtol, "min_cosine_required": tol.min_cosine}
+    folder_rel = ctx.folder.resolve()
+    ctx.trtexec = settings.trtexec_command(os.path.relpath(onnx_path.resolve(), folder_rel), settings.plan_file,
+                                           os.path.relpath(cache_path.resolve(), folder_rel))
+    entry = T.plan_entry(settings, tensorrt_version=engine.tensorrt_version, gpu_name=ctx.host.gpu.name,
+                         sha256=sha256(plan_path), onnx=onnx_record, validation=validation,
+                         engine={"seconds": round(engine.seconds, 1), "timing_cache": engine.timing_cache,
+                                 "profiles": engine.profiles, "io": engine.io, "size_bytes": engine.size_bytes},
+                         recipe={})     # filled by build_model (the recipe it checked)
+    entry["trtexec"] = shlex.join(ctx.trtexec)   # kept per plan: reproduce.sh holds the latest build's only
+    return {"tool": f"TensorRT Python API {engine.tensorrt_version} (builder + ONNX parser)", "plans": {
+        settings.plan_file: entry}, "validation": validation,
+        "trtexec": shlex.join(ctx.trtexec)}
+
+
+def _build_torchscript(ctx: BuildContext) -> dict:
+    from .torchscript import check_torchscript
+    if ctx.spec_model.source.format != "torchscript":
+        raise UserError("the pytorch backend serves TorchScript sources", where=ctx.spec_model.name,
+                        actual=ctx.spec_model.source.format, expected="source.format: torchscript",
+                        fix="make one with `python -m tritonkit.torchscript --source ... --out model.pt`")
+    ctx.step("copying and checking the TorchScript source")
+    out = ctx.stage / ctx.model.artifacts[0]
+    shutil.copyfile(ctx.source, out)
+    return {"tool": "copied from the TorchScript source", "check": check_torchscript(out, ctx.spec_model)}
+
+
+def _build_torch(ctx: BuildContext) -> dict:
+    """python (torch): the transformer saved in the plan's precision under hf/, validated as model.py runs it
+    (tritonkit.torch_export), against SentenceTransformer.encode with the precision's tolerance."""
     from .torch_export import export_torch_encoder
-    tol = spec_model.tolerance[model.precision]
-    r = export_torch_encoder(resolve_sentence_transformer(spec_model.source.path), stage / "hf", model.precision,
-                             atol=tol.atol, min_cosine=tol.min_cosine or 0.0)
-    return {"tool": f"transformers save_pretrained ({model.precision})", "export_seconds": round(r.seconds, 2),
+    tol = ctx.spec_model.tolerance[ctx.model.precision]
+    ctx.step(f"saving and validating the {ctx.model.precision.upper()} PyTorch encoder")
+    r = export_torch_encoder(ctx.source, ctx.stage / "hf", ctx.model.precision, atol=tol.atol,
+                             min_cosine=tol.min_cosine or 0.0)
+    return {"tool": f"transformers save_pretrained ({ctx.model.precision})", "export_seconds": round(r.seconds, 2),
             "validation": {"samples": len(defaults.VALIDATION_SENTENCES), "max_abs_error": r.max_abs_error,
                            "min_cosine": r.min_cosine, "atol": tol.atol, "min_cosine_required": tol.min_cosine,
                            "device": r.device, "reference": "SentenceTransformer.encode(normalize_embeddings=True)"}}
 
 
-def _build_python_encoder(model: TritonModel, spec_model: ModelSpec, stage: Path) -> dict:
-    return {"onnxruntime": _build_onnx, "torch": _build_torch}[model.runtime](model, spec_model, stage)
-
-
-BUILDERS: dict[tuple[str, str], Callable[[TritonModel, ModelSpec, Path], dict]] = {
-    ("tokenizer", "python"): _build_tokenizer,
-    ("encoder", "python"): _build_python_encoder,
-    ("model", "python"): _build_onnx,
-    ("encoder", "onnxruntime"): _build_onnx,
-    ("model", "onnxruntime"): _build_onnx,
-    ("encoder", "tensorrt"): _needs_tensorrt,
-    ("model", "tensorrt"): _needs_tensorrt,
-    ("encoder", "pytorch"): _needs_torchscript,
-    ("model", "pytorch"): _needs_torchscript,
+BUILDERS: dict[tuple[str, str], Callable[[BuildContext], dict]] = {
+    ("tokenizer", "python (tokenizers)"): _build_tokenizer,
+    **{(role, row): builder for role in ("encoder", "model") for row, builder in (
+        ("python (onnxruntime)", _build_onnx),
+        ("onnxruntime", _build_onnx),
+        ("onnxruntime (tensorrt-ep)", _build_onnx),
+        ("tensorrt", _build_tensorrt),
+        ("pytorch", _build_torchscript),
+        ("python (torch)", _build_torch),
+    )},
 }
 
 
-def _reproduce_script(plan: Plan, repo: Path) -> str:
-    gpu = plan.gpu.name if plan.gpu else "none"
-    cmd = ["tritonkit", "build", "--spec", plan.spec_path, "--server", plan.server.name, "--gpu", gpu,
-           "--repo", str(repo), "--force"]
-    return ("#!/usr/bin/env bash\n# Rebuilds the artifacts in this folder exactly as tritonkit did.\nset -euo pipefail\n"
-            + shlex.join(cmd) + "\n")
+# --- reproduce.sh ------------------------------------------------------------------------------------
+
+def _gpu_arg(plan: Plan) -> str:
+    hw = plan.hardware
+    if hw.source == "detected":
+        return "auto" if hw.gpus else "none"
+    return ",".join(g.name for g in hw.gpus) or "none"
 
 
-def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Path, force: bool = False) -> BuildResult:
+def reproduce_script(plan: Plan, repo: Path, trtexec: list[str] | None = None) -> str:
+    """``reproduce.sh``: the tritonkit build line; for a plan also ``reproduce.sh trtexec``, the same plan
+    with trtexec (paths relative to this folder; run it in the serving release's TensorRT image)."""
+    cmd = ["tritonkit", "build", "--spec", str(Path(plan.spec_path).resolve()), "--server", plan.server.name,
+           "--gpu", _gpu_arg(plan), "--repo", str(Path(repo).resolve()), "--force"]
+    head = "#!/usr/bin/env bash\n# Rebuilds the artifacts in this folder exactly as tritonkit did.\n"
+    if trtexec is None:
+        return head + "set -euo pipefail\n" + shlex.join(cmd) + "\n"
+    cc = f"{plan.gpu.compute_capability[0]}.{plan.gpu.compute_capability[1]}" if plan.gpu else "?"
+    return (head +
+            "#   ./reproduce.sh           tritonkit build: export, build, validate against ONNX Runtime, build.json\n"
+            "#   ./reproduce.sh trtexec   the same plan with trtexec (same ONNX, same settings; no validation)\n"
+            f"# Either must run in {defaults.NGC_TENSORRT_IMAGE} (TensorRT {plan.server.tensorrt_version}) on a GPU "
+            f"of compute capability {cc}.\n"
+            "set -euo pipefail\n"
+            'if [[ "${1:-}" == "trtexec" ]]; then\n'
+            '  cd "$(dirname "$0")"\n'
+            f"  {shlex.join(trtexec)}\n"
+            "  exit 0\n"
+            "fi\n" + shlex.join(cmd) + "\n")
+
+
+# --- one model -----------------------------------------------------------------------------------------
+
+def _staged_files(stage: Path) -> list[str]:
+    return sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
+
+
+def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Path, force: bool = False, *,
+                host=None, step: Callable[[str], None] = lambda text: None,
+                on_phase: Callable[[str, int, int], None] | None = None,
+                source: tuple[Path, str] | None = None) -> BuildResult:
     folder = repo / model.name / VERSION
-    recipe = _recipe(model, spec_model)
-    start = time.perf_counter()
-    if not force and _is_current(folder, model, recipe):
-        return BuildResult(model.name, model.artifacts, "current", 0.0, "(manifest matches the plan)")
-    builder = BUILDERS.get((model.role, model.backend))
+    started = time.perf_counter()
+    src, src_sha = source or _source_of(spec_model)
+    recipe = _recipe(model, spec_model, src_sha)
+    plan_file = None
+    names = model.artifacts
+    if model.backend == "tensorrt":
+        from .tensorrt import builder_settings
+        settings = builder_settings(plan, model, spec_model)
+        recipe["tensorrt"] = settings.record()
+        plan_file, names = settings.plan_file, (settings.plan_file,)
+    if not force and _is_current(folder, names, recipe, plan_file):
+        return BuildResult(model.name, names, "current", 0.0, "(manifest matches the plan)")
+    builder = BUILDERS.get((model.role, label(model)))
     if builder is None:
-        raise UserError("no builder for this model", where=model.name, actual=(model.role, model.backend),
+        raise UserError("no builder for this model", where=model.name, actual=(model.role, label(model)),
                         expected=sorted(BUILDERS))
     folder.mkdir(parents=True, exist_ok=True)
     stage = folder.parent / f".build-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
+    ctx = BuildContext(plan=plan, model=model, spec_model=spec_model, repo=Path(repo), folder=folder, stage=stage,
+                       source=src, source_sha256=src_sha, host=host, step=step, on_phase=on_phase)
     try:
-        record = builder(model, spec_model, stage)
-        files = {str(f.relative_to(stage)): sha256(f) for f in sorted(stage.rglob("*")) if f.is_file()}
-        manifest = {"model": model.name, "tritonkit": __version__, "recipe": recipe, "files": files,
+        record = builder(ctx)
+        files = {name: sha256(stage / name) for name in _staged_files(stage)}
+        previous = _read_manifest(folder)
+        if plan_file is not None:
+            record["plans"][plan_file]["recipe"] = recipe
+            for other, entry in (previous.get("plans") or {}).items():   # other GPU architectures' plans stay
+                if other != plan_file and (folder / other).is_file() and sha256(folder / other) == entry.get("sha256"):
+                    record["plans"].setdefault(other, entry)
+                    files.setdefault(other, entry["sha256"])
+        manifest = {"model": model.name, "tritonkit": __version__, "recipe": recipe, "files": dict(sorted(files.items())),
+                    "source": {"format": spec_model.source.format, "path": spec_model.source.path,
+                               "resolved": str(src), "sha256": src_sha},
                     "server": {"name": plan.server.name, "triton": plan.server.triton_version,
                                "tensorrt": plan.server.tensorrt_version},
                     "gpu": None if plan.gpu is None else {"name": plan.gpu.name,
                                                           "compute_capability": list(plan.gpu.compute_capability)},
-                    "python": sys.version.split()[0], **record}
+                    "precision": model.precision, "python": sys.version.split()[0], **record}
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        (stage / REPRODUCE).write_text(_reproduce_script(plan, repo))
+        (stage / REPRODUCE).write_text(reproduce_script(plan, repo, ctx.trtexec))
         (stage / REPRODUCE).chmod(0o755)
-        for name in [*files, REPRODUCE, MANIFEST]:       # manifest last: it vouches for the files before it
+        staged = [n for n in _staged_files(stage) if n not in (REPRODUCE, MANIFEST)]
+        for name in [*staged, REPRODUCE, MANIFEST]:       # manifest last: it vouches for the files before it
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(stage / name, folder / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     detail = ""
-    if "validation" in record:
-        v = record["validation"]
-        detail = f"max abs error {v['max_abs_error']:.2e}, min cosine {v['min_cosine']:.7f} vs sentence-transformers"
-    return BuildResult(model.name, model.artifacts, "built", time.perf_counter() - start, detail)
+    v = record.get("validation")
+    if v:
+        ref = v.get("reference", "").split(" on ")[0].split("(")[0].strip()
+        detail = f"max abs error {v['max_abs_error']:.2e}, min cosine {v['min_cosine']:.7f} vs {ref}"
+    elif "smoke" in record or "check" in record:
+        detail = "signature matches the spec; ran at the spec's shapes"
+    if label(model) == "onnxruntime (tensorrt-ep)":
+        detail += ("; no TensorRT plan built (plan without TensorRT builds): the server's ONNX Runtime builds "
+                   "TensorRT engines at load time")
+    return BuildResult(model.name, names, "built", time.perf_counter() - started, detail.lstrip("; "))
 
 
-def build(plan: Plan, repo: Path, *, spec: Spec | None = None, force: bool = False,
+def _source_of(spec_model: ModelSpec) -> tuple[Path, str]:
+    from .export import source_sha256
+    src = _resolve_source(spec_model)
+    return src, source_sha256(src)
+
+
+# --- the whole plan (or a fleet of plans) --------------------------------------------------------------
+
+def _as_tuple(plans: Plans) -> tuple[Plan, ...]:
+    return plans if isinstance(plans, tuple) else (plans,)
+
+
+def _jobs(plans: tuple[Plan, ...]) -> list[tuple[Plan, TritonModel]]:
+    """(plan, model) per artifact set: shared artifacts once (first plan); TensorRT plans once per architecture."""
+    jobs, seen = [], set()
+    for m in plans[0].models:
+        if not m.artifacts:
+            continue
+        variants = [(p, p.model(m.name)) for p in plans] if m.backend == "tensorrt" else [(plans[0], m)]
+        for p, vm in variants:
+            key = (vm.name, tuple(p.gpu.compute_capability) if vm.backend == "tensorrt" and p.gpu else None)
+            if key not in seen:
+                seen.add(key)
+                jobs.append((p, vm))
+    return jobs
+
+
+def build(plans: Plans, repo: Path, *, spec: Spec | None = None, force: bool = False,
           progress: bool = True) -> list[BuildResult]:
+    """Build what the plan (or every plan of a fleet) names into ``repo``; return one result per artifact set.
+
+    Before any work: the repository must be rendered from the same plan(s), and TensorRT plans that are
+    not current need this host to run the serving release's TensorRT on a GPU of their architecture. In a
+    fleet, plans for the other architectures are reported "skipped" (build them on such a GPU).
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .render import PLAN_FILE, check_repository
+    plans = _as_tuple(plans)
     repo = Path(repo)
     if not (repo / PLAN_FILE).is_file():
         raise UserError("not a rendered repository", where=str(repo), actual="no plan.json",
                         expected="a folder written by `tritonkit render`", fix=f"run `tritonkit render --out {repo}`")
-    drift = check_repository(plan, repo)
+    drift = check_repository(plans if len(plans) > 1 else plans[0], repo)
     if drift.missing or drift.changed:
         raise UserError("the repository was rendered for a different plan than this build's", where=str(repo),
                         actual=f"differs in {', '.join((drift.missing + drift.changed)[:4])}",
                         expected="the plan of the same --spec/--gpu/--server",
                         fix="re-run `tritonkit render` with the same flags, then build")
-    spec = spec or load_spec(plan.spec_path)
-    todo = [m for m in plan.models if m.artifacts]
+    spec = spec or load_spec(plans[0].spec_path)
+    sources = {m.name: _source_of(m) for m in spec.models
+               if any(tm.source_model == m.name and tm.artifacts for tm in plans[0].models)}
+    jobs = _jobs(plans)
+    host, skipped = None, {}
+    trt_jobs = [(p, m) for p, m in jobs if m.backend == "tensorrt" and (force or not _plan_current(p, m, spec, repo,
+                                                                                                  sources))]
+    if trt_jobs:
+        from .tensorrt import require_build_host
+        host = require_build_host(plans[0], sorted({tuple(p.gpu.compute_capability) for p, _ in trt_jobs if p.gpu}),
+                                  repo=repo)
+        for p, m in trt_jobs:
+            if tuple(p.gpu.compute_capability) != tuple(host.gpu.compute_capability):
+                skipped[(m.name, tuple(p.gpu.compute_capability))] = p
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), disable=not progress, transient=True) as bar:
-        task = bar.add_task("build", total=len(todo))
-        for m in todo:
-            bar.update(task, description=f"build {m.name} ({', '.join(m.artifacts)})")
-            results.append(build_model(plan, m, spec.model(m.source_model), repo, force=force))
+        task = bar.add_task("build", total=len(jobs))
+        phase = bar.add_task("", total=1, visible=False)
+
+        def on_phase(name: str, done: int, total: int) -> None:
+            bar.update(phase, description=f"  TensorRT: {name}", completed=done, total=max(total, 1), visible=True)
+
+        for p, m in jobs:
+            cc = tuple(p.gpu.compute_capability) if p.gpu else None
+            if (m.name, cc) in skipped:
+                results.append(BuildResult(m.name, m.artifacts, "skipped", 0.0,
+                                           f"needs a GPU of compute capability {cc[0]}.{cc[1]} (this host: "
+                                           f"{host.gpu.name}); run the same build there"))
+                bar.advance(task)
+                continue
+            head = f"build {m.name} ({', '.join(m.artifacts)})"
+            bar.update(task, description=head)
+            results.append(build_model(p, m, spec.model(m.source_model), repo, force=force, host=host,
+                                       step=lambda text, head=head: bar.update(task, description=f"{head}: {text}"),
+                                       on_phase=on_phase, source=sources[m.source_model]))
+            bar.update(phase, visible=False)
             bar.advance(task)
     return results
+
+
+def _plan_current(plan: Plan, model: TritonModel, spec: Spec, repo: Path, sources: dict) -> bool:
+    from .tensorrt import builder_settings
+    spec_model = spec.model(model.source_model)
+    settings = builder_settings(plan, model, spec_model)
+    recipe = _recipe(model, spec_model, sources[model.source_model][1])
+    recipe["tensorrt"] = settings.record()
+    return _is_current(repo / model.name / VERSION, (settings.plan_file,), recipe, settings.plan_file)

@@ -155,6 +155,11 @@ def _server_options(args):
 
 
 def cmd_serve(args) -> int:
+    if args.docker:
+        from .containers import serve_in_docker
+        return serve_in_docker(_server_options(args), image=args.image)
+    if args.image:
+        raise UserError("--image needs --docker", where="--image", fix="add --docker, or drop --image")
     from .serve import serve
     return serve(_server_options(args))
 
@@ -276,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the embedded tritonserver on a repository until Ctrl-C / SIGTERM")
     _server_args(p)
+    g = p.add_argument_group("container (needs a Docker engine and tritonkit[compose])")
+    g.add_argument("--docker", action="store_true",
+                   help="serve in one container instead: repository mounted read-only, non-root, healthchecked")
+    g.add_argument("--image", default=None,
+                   help="with --docker: tritonkit/triton-cpu:local (default) or tritonkit/triton:<NGC release> "
+                        "(GPU); built from deploy/docker/")
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("bench", help="latency/throughput sweep against a running server; fails over the p99 budget")

@@ -73,3 +73,15 @@ TRT_WORKSPACE_MEMORY_SHARE = 0.25
 TRT_CACHE_DIR = ".cache/tritonkit"
 # Seed of the synthetic inputs a plan is validated on when the spec has no real ones (non-text models).
 VALIDATION_SEED = 0
+
+# --- Reliability ---------------------------------------------------------------------------------
+# `tritonkit serve` watches what tritonserver 2.51 does not report: a python backend stub that died
+# (kill -9, OOM killer) leaves its model READY while every request to it fails ("Stub process ... is
+# not healthy"), and 2.51 never restarts the stub. Every WATCHDOG_INTERVAL_S serve() checks each model
+# that was ready at start (its readiness, and that its stubs are alive); a model still unhealthy after
+# WATCHDOG_GRACE_S (time for a server that recovers on its own) stops serve() with exit code 2.
+WATCHDOG_INTERVAL_S = 1.0
+WATCHDOG_GRACE_S = 3.0
+# ...and then stops tritonserver with this much grace instead of the exit timeout: 2.51 never finishes
+# unloading a model whose stub died, so a graceful stop would always run the full SERVER_EXIT_TIMEOUT_S.
+WATCHDOG_STOP_S = 5.0

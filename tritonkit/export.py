@@ -109,10 +109,12 @@ class ValidationResult:
     samples: int
     failures: tuple[str, ...] = ()    # one line per violated criterion, naming the sample
     worst_sample: int = -1            # index of the sample with the largest abs error
+    rtol: float = 0.0                 # elementwise bound: |candidate - reference| <= atol + rtol * |reference|
 
     def explain(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
-        summary = (f"{verdict}: max abs error {self.max_abs_error:.3g} (atol {self.atol:g}), "
+        bound = f"atol {self.atol:g}" + (f" + rtol {self.rtol:g} x |ref|" if self.rtol else "")
+        summary = (f"{verdict}: max abs error {self.max_abs_error:.3g} ({bound}), "
                    f"min cosine {self.min_cosine:.7f} (required {self.min_cosine_required:g}) "
                    f"over {self.samples} samples")
         return summary if self.passed else summary + "; " + "; ".join(self.failures)
@@ -124,7 +126,8 @@ class ValidationResult:
         if not self.passed:
             raise UserError("export does not match the source model: " + "; ".join(self.failures), where=where,
                             actual=f"max abs error {self.max_abs_error:.3g}, min cosine {self.min_cosine:.7f}",
-                            expected=f"<= {self.atol:g} and >= {self.min_cosine_required:g}",
+                            expected=f"<= {self.atol:g}" + (f" + {self.rtol:g} x |ref|" if self.rtol else "")
+                                     + f" and >= {self.min_cosine_required:g}",
                             fix="re-export from the source model, or relax this precision's tolerance in the spec "
                                 "if the difference is expected")
 
@@ -508,7 +511,7 @@ def _dims_str(dims: Sequence[int | str]) -> str:
 # Validation
 # --------------------------------------------------------------------------------------------------
 def validate_sentence_embedding(onnx_path: Path, model_dir: Path, sentences: Sequence[str] = VALIDATION_SENTENCES, *,
-                                atol: float, min_cosine: float,
+                                atol: float, min_cosine: float, rtol: float = 0.0,
                                 input_names: Sequence[str] = ("input_ids", "attention_mask"),
                                 output_name: str | None = None, normalize: bool = True) -> ValidationResult:
     """Run the ONNX graph and sentence-transformers on the same sentences and compare.
@@ -516,15 +519,14 @@ def validate_sentence_embedding(onnx_path: Path, model_dir: Path, sentences: Seq
     reference = ``SentenceTransformer(model_dir, device="cpu").encode(sentences, normalize_embeddings=normalize)``
     candidate = onnxruntime (CPU) fed with the SAME token ids sentence-transformers used (its own
     tokenizer: padding to the longest, truncation to its max_seq_length), so any difference is the graph's.
-    Passes when every element is within ``atol`` and every sample's cosine is >= ``min_cosine``; NaN fails.
+    Passes when every element is within ``atol + rtol * |reference|`` and every sample's cosine is
+    >= ``min_cosine``; NaN fails.
     """
     onnx_path, model_dir = Path(onnx_path), Path(model_dir)
     sentences = list(sentences)
     if not sentences or not all(isinstance(s, str) for s in sentences):
         raise UserError("validation needs at least one sentence (str)", actual=sentences[:3])
-    if not atol >= 0 or not -1 <= min_cosine <= 1:  # min_cosine 0 (or -1) = "cosine not checked"
-        raise UserError("bad tolerance", actual={"atol": atol, "min_cosine": min_cosine},
-                        expected="atol >= 0 and -1 <= min_cosine <= 1")
+    _check_tolerance(atol, rtol, min_cosine)
     _st_layout(model_dir)  # UserError for a bad model dir before loading anything heavy
     read_onnx_signature(onnx_path)  # UserError for a missing / non-ONNX file
 
@@ -533,7 +535,7 @@ def validate_sentence_embedding(onnx_path: Path, model_dir: Path, sentences: Seq
     from sentence_transformers import SentenceTransformer
     _quiet_transformers()
 
-    st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True).float()  # FP32 reference even for FP16 checkpoints
     reference = np.asarray(st.encode(sentences, normalize_embeddings=normalize, convert_to_numpy=True,
                                      batch_size=len(sentences)), dtype=np.float32)
     features = _st_features(st, sentences)
@@ -556,7 +558,8 @@ def validate_sentence_embedding(onnx_path: Path, model_dir: Path, sentences: Seq
         raise UserError("ONNX output shape differs from sentence-transformers", where=str(onnx_path),
                         actual=list(candidate.shape), expected=list(reference.shape),
                         fix="export pooled sentence embeddings (one row per sentence), not token embeddings")
-    return _compare(reference, candidate, sentences, atol=atol, min_cosine=min_cosine)
+    return _compare(reference, candidate, [_preview(t) for t in sentences], atol=atol, rtol=rtol,
+                    min_cosine=min_cosine)
 
 
 def _st_features(st, sentences: list[str]) -> dict[str, Any]:
@@ -566,27 +569,75 @@ def _st_features(st, sentences: list[str]) -> dict[str, Any]:
     return {k: v.numpy() for k, v in features.items() if hasattr(v, "numpy")}
 
 
-def _compare(reference, candidate, sentences: list[str], *, atol: float, min_cosine: float) -> ValidationResult:
+def _check_tolerance(atol: float, rtol: float, min_cosine: float) -> None:
+    if not atol >= 0 or not rtol >= 0 or not -1 <= min_cosine <= 1:  # min_cosine 0 (or -1) = "cosine not checked"
+        raise UserError("bad tolerance", actual={"atol": atol, "rtol": rtol, "min_cosine": min_cosine},
+                        expected="atol >= 0, rtol >= 0 and -1 <= min_cosine <= 1")
+
+
+def _compare(reference, candidate, labels: Sequence[str], *, atol: float, min_cosine: float,
+             rtol: float = 0.0) -> ValidationResult:
+    """Row i of each array is sample i (any trailing shape); ``labels[i]`` names it in failure messages.
+
+    An element passes when ``|candidate - reference| <= atol + rtol * |reference|`` (numpy.allclose's rule);
+    a sample's cosine is taken over its flattened values. NaN anywhere fails.
+    """
     import numpy as np
+    reference = np.asarray(reference, dtype=np.float64).reshape(len(labels), -1)
+    candidate = np.asarray(candidate, dtype=np.float64).reshape(len(labels), -1)
     with np.errstate(all="ignore"):
-        abs_err = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-        per_sample_err = abs_err.max(axis=1)
-        dots = (reference.astype(np.float64) * candidate.astype(np.float64)).sum(axis=1)
-        cos = dots / (np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1))
+        abs_err = np.abs(reference - candidate)
+        per_sample_err = abs_err.max(axis=1) if abs_err.size else np.zeros(len(labels))
+        excess = abs_err - (atol + rtol * np.abs(reference))       # > 0: outside the bound
+        per_sample_excess = excess.max(axis=1) if excess.size else np.zeros(len(labels))
+        dots = (reference * candidate).sum(axis=1)
+        norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+        cos = np.where(norms == 0, np.where(np.all(reference == candidate, axis=1), 1.0, 0.0), dots / norms)
     per_sample_err = np.where(np.isnan(per_sample_err), np.inf, per_sample_err)  # NaN counts as the worst
+    per_sample_excess = np.where(np.isnan(per_sample_excess), np.inf, per_sample_excess)
     cos = np.where(np.isnan(cos), -np.inf, cos)
     worst_err_i, worst_cos_i = int(per_sample_err.argmax()), int(cos.argmin())
+    worst_excess_i = int(per_sample_excess.argmax())
     max_err, min_cos = float(per_sample_err[worst_err_i]), float(cos[worst_cos_i])
     failures = []
-    if not max_err <= atol:
-        failures.append(f"max abs error {max_err:.3g} > atol {atol:g} on sample {worst_err_i} "
-                        f"({_preview(sentences[worst_err_i])})")
+    if not per_sample_excess[worst_excess_i] <= 0:
+        if rtol:
+            outside = int(np.sum(~(excess <= 0)))
+            failures.append(f"{outside} element(s) outside atol {atol:g} + rtol {rtol:g} x |ref| (worst: sample "
+                            f"{worst_excess_i} ({labels[worst_excess_i]}), abs error "
+                            f"{float(per_sample_err[worst_excess_i]):.3g})")
+        else:
+            failures.append(f"max abs error {max_err:.3g} > atol {atol:g} on sample {worst_err_i} "
+                            f"({labels[worst_err_i]})")
     if not min_cos >= min_cosine:
-        failures.append(f"cosine {min_cos:.7f} < {min_cosine:g} on sample {worst_cos_i} "
-                        f"({_preview(sentences[worst_cos_i])})")
+        failures.append(f"cosine {min_cos:.7f} < {min_cosine:g} on sample {worst_cos_i} ({labels[worst_cos_i]})")
     return ValidationResult(max_abs_error=max_err, min_cosine=min_cos, atol=float(atol),
-                            min_cosine_required=float(min_cosine), passed=not failures, samples=len(sentences),
-                            failures=tuple(failures), worst_sample=worst_err_i)
+                            min_cosine_required=float(min_cosine), passed=not failures, samples=len(labels),
+                            failures=tuple(failures), worst_sample=worst_err_i, rtol=float(rtol))
+
+
+def compare_outputs(reference: Mapping[str, Any], candidate: Mapping[str, Any], *, atol: float, rtol: float = 0.0,
+                    min_cosine: float = 0.0, what: str = "sample") -> ValidationResult:
+    """Compare named outputs (axis 0 = samples); one result, the worst over all outputs, failures name the output."""
+    _check_tolerance(atol, rtol, min_cosine)
+    missing = sorted(set(reference) - set(candidate))
+    if missing:
+        raise UserError("candidate is missing outputs", actual=sorted(candidate), expected=sorted(reference))
+    results = []
+    for name in reference:
+        ref, cand = reference[name], candidate[name]
+        if tuple(getattr(ref, "shape", ())) != tuple(getattr(cand, "shape", ())):
+            raise UserError(f"output '{name}' has another shape than the reference", actual=list(cand.shape),
+                            expected=list(ref.shape))
+        n = ref.shape[0] if getattr(ref, "ndim", 0) else 1
+        results.append((name, _compare(ref, cand, [f"{what} {i}" for i in range(n)], atol=atol, rtol=rtol,
+                                       min_cosine=min_cosine)))
+    worst = max(results, key=lambda r: r[1].max_abs_error)[1]
+    return ValidationResult(
+        max_abs_error=worst.max_abs_error, min_cosine=min(r.min_cosine for _, r in results), atol=float(atol),
+        min_cosine_required=float(min_cosine), passed=all(r.passed for _, r in results),
+        samples=max(r.samples for _, r in results), worst_sample=worst.worst_sample, rtol=float(rtol),
+        failures=tuple(f"{name}: {f}" for name, r in results for f in r.failures))
 
 
 def _preview(text: str, n: int = 40) -> str:
@@ -778,8 +829,170 @@ def export_tiny_onnx(out_path: Path, *, input_name: str = "x", output_name: str 
                         inputs=inputs, outputs=outputs, seconds=time.perf_counter() - started)
 
 
+
+# --------------------------------------------------------------------------------------------------
+# Any torch.nn.Module -> ONNX, validated against the module (the generic path; tests use a tiny CNN)
+# --------------------------------------------------------------------------------------------------
+# Spec/Triton dtype -> numpy dtype name, for inputs made up to validate a model (a miss raises).
+NUMPY_DTYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+                "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16",
+                "FP32": "float32", "FP64": "float64"}
+
+
+def synthetic_feeds(tensors: Sequence[Any], shapes: Mapping[str, Sequence[int]], seed: int) -> dict[str, Any]:
+    """Validation inputs for a model without real sample data: seeded standard-normal floats, ones for
+    integers (valid token ids, a full attention mask, index 1 of any lookup table), True for booleans."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for t in tensors:
+        dtype = NUMPY_DTYPES.get(t.dtype)
+        if dtype is None:
+            raise UserError(f"cannot make validation data for input '{t.name}'", actual=t.dtype,
+                            expected=sorted(NUMPY_DTYPES))
+        shape = tuple(shapes[t.name])
+        feeds[t.name] = (rng.standard_normal(shape).astype(dtype) if dtype.startswith("float")
+                         else np.ones(shape, dtype=dtype))
+    return feeds
+
+
+def spec_shapes(spec_model, which: str) -> dict[str, tuple[int, ...]]:
+    """Each input's full shape with every named axis at its ``which`` ("min" | "opt" | "max") size."""
+    return {t.name: tuple(getattr(spec_model.axes[d], which) if isinstance(d, str) else d for d in t.dims)
+            for t in spec_model.inputs}
+
+
+def dynamic_axes_for(tensors: Sequence[Any]) -> dict[str, dict[int, str]]:
+    """The spec's named axes as torch.onnx ``dynamic_axes``: ``{tensor: {dim index: axis name}}``.
+
+    ``tensors`` are spec.Tensor / TensorSig (batch axis included). One set of names drives ONNX, the
+    TensorRT profiles and Triton's -1 dims, so they cannot disagree.
+    """
+    return {t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str)} for t in tensors
+            if any(isinstance(d, str) for d in t.dims)}
+
+
+def export_torch_onnx(module, example_inputs: Mapping[str, Any], out_path: Path, *, output_names: Sequence[str],
+                      dynamic_axes: Mapping[str, Mapping[int, str]], opset: int = ONNX_OPSET) -> ExportResult:
+    """``module(*example_inputs.values())`` -> one checked ONNX file (TorchScript exporter, like MiniLM's).
+
+    ``example_inputs`` maps graph input names to example tensors, in the order ``forward`` takes them.
+    Every axis named in ``dynamic_axes`` is dynamic in the file (``dim_param`` = the axis name). The file
+    passes ``onnx.checker`` (full check) and appears at ``out_path`` atomically, or not at all.
+    """
+    started = time.perf_counter()
+    out_path = Path(out_path)
+    if isinstance(opset, bool) or opset not in VERIFIED_OPSETS:
+        raise UserError("unsupported ONNX opset", actual=opset,
+                        expected=f"{VERIFIED_OPSETS.start}..{VERIFIED_OPSETS.stop - 1}; default {ONNX_OPSET}")
+    unknown = sorted(set(dynamic_axes) - set(example_inputs) - set(output_names))
+    if unknown:
+        raise UserError("dynamic_axes names tensors the export does not have", actual=unknown,
+                        expected=f"some of {[*example_inputs, *output_names]}")
+    import onnx
+    import torch
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))
+    try:
+        raw = tmp_dir / "raw.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            choose = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+            torch.onnx.export(module.eval(), tuple(example_inputs.values()), str(raw),
+                              input_names=list(example_inputs), output_names=list(output_names),
+                              dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()}, opset_version=opset,
+                              do_constant_folding=True, **choose)
+        model = onnx.load(str(raw))
+        model.metadata_props.add(key="tritonkit.exporter", value=f"{EXPORTER} torch {torch.__version__}")
+        onnx.checker.check_model(model, full_check=True)
+        final = tmp_dir / "model.onnx"
+        onnx.save(model, str(final), save_as_external_data=False)
+        os.replace(final, out_path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    inputs, outputs = read_onnx_signature(out_path)
+    return ExportResult(path=out_path, opset=opset, exporter=f"{EXPORTER} torch {torch.__version__}",
+                        inputs=inputs, outputs=outputs, seconds=time.perf_counter() - started)
+
+
+def run_onnx(path: Path, feeds: Mapping[str, Any]) -> dict[str, Any]:
+    """ONNX Runtime (CPU, FP32 reference) on ``feeds``; every graph output by name."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, dict(feeds))))
+
+
+def validate_onnx_against_torch(onnx_path: Path, module, feeds: Mapping[str, Any], *, atol: float, rtol: float = 0.0,
+                                min_cosine: float = 0.0) -> ValidationResult:
+    """Run ``module`` (PyTorch, FP32) and the ONNX file (ONNX Runtime) on the same ``feeds`` and compare.
+
+    ``feeds``: numpy arrays by graph input name, in ``forward``'s argument order; axis 0 = samples.
+    Outputs are matched by position (torch returns a tensor or a tuple) and compared by name.
+    """
+    import numpy as np
+    import torch
+    _check_tolerance(atol, rtol, min_cosine)
+    with torch.no_grad():
+        out = module.eval()(*(torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()))
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    candidate = run_onnx(onnx_path, feeds)
+    if len(outs) != len(candidate):
+        raise UserError("the ONNX graph has another number of outputs than the module", where=str(onnx_path),
+                        actual=len(candidate), expected=len(outs))
+    reference = {name: o.detach().cpu().numpy() for name, o in zip(candidate, outs)}
+    return compare_outputs(reference, candidate, atol=atol, rtol=rtol, min_cosine=min_cosine)
+
+
+def sentence_features(model_dir: Path, sentences: Sequence[str] = VALIDATION_SENTENCES) -> dict[str, Any]:
+    """The token ids and mask sentence-transformers feeds its transformer for ``sentences`` (int64 numpy)."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+    _quiet_transformers()
+    st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True).float()  # FP32 reference even for FP16 checkpoints
+    feats = _st_features(st, list(sentences))
+    return {k: np.ascontiguousarray(feats[k], dtype=np.int64) for k in ("input_ids", "attention_mask")}
+
+
+def source_sha256(path: str | Path) -> str:
+    """sha256 of a model source: a file's bytes, or for a folder every file's relative path and bytes
+    (sorted; ``__pycache__`` skipped), so a changed weight file anywhere changes the hash."""
+    import hashlib
+    path = Path(path)
+    h = hashlib.sha256()
+
+    def feed(file: Path) -> None:
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+
+    if path.is_file():
+        feed(path)
+        return h.hexdigest()
+    if not path.is_dir():
+        raise UserError("model source not found", where=str(path), fix="fix source.path in the spec")
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(str(file.relative_to(path)).encode() + b"\0")
+        feed(file)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def quantize_ops(path: Path) -> dict[str, int]:
+    """Count of Q/DQ nodes in an ONNX graph: TensorRT 10 builds INT8/FP8/FP4 only from these (explicit quantization)."""
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if "Quantize" in node.op_type:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
 __all__ = [
     "TensorSig", "ExportResult", "ValidationResult", "ONNX_TO_TRITON_DTYPE", "VERIFIED_OPSETS",
     "resolve_sentence_transformer", "export_sentence_embedding", "read_onnx_signature", "check_signature",
-    "validate_sentence_embedding", "copy_tokenizer", "export_tiny_onnx", "tiny_weights",
+    "validate_sentence_embedding", "copy_tokenizer", "export_tiny_onnx", "tiny_weights", "compare_outputs",
+    "dynamic_axes_for", "export_torch_onnx", "run_onnx", "validate_onnx_against_torch", "sentence_features",
+    "source_sha256", "quantize_ops", "NUMPY_DTYPES", "synthetic_feeds", "spec_shapes",
 ]

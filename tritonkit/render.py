@@ -121,14 +121,143 @@ def validate_config(text: bytes | str, where: str, model: TritonModel | None = N
 def validate_files(plans: Plans, files: dict[str, bytes]) -> None:
     plans = _as_tuple(plans)
     names = {m.name for m in plans[0].models}
+    by_variant: dict[str, dict[str, object]] = {}   # "config.pbtxt" or "configs/<v>.pbtxt" -> model -> config
     for m in plans[0].models:
         configs = [f"{m.name}/config.pbtxt"] + sorted(r for r in files if r.startswith(f"{m.name}/configs/"))
         for rel in configs:
             config = validate_config(files[rel], rel, m)
+            check_config(config, rel)
             for step in config.ensemble_scheduling.step:
                 if step.model_name not in names:
                     raise UserError("ensemble step names a model that is not in the repository", where=rel,
                                     actual=step.model_name, expected=sorted(names))
+            by_variant.setdefault(rel.split("/", 1)[1], {})[m.name] = config
+    for variant, configs in by_variant.items():
+        for name, config in configs.items():
+            check_ensemble(config, configs, f"{name}/{variant}")
+
+
+# Load-time rules of tritonserver 2.51 (checked against the real server in
+# tests/reliability/test_bad_configs.py, which lists the server's message for each), so a config the
+# server would refuse fails here, before anything is written or launched. Two rules are stricter than
+# 2.51, which loads such configs and then misbehaves: repeated tensor names (a request cannot address
+# either tensor unambiguously) and a negative instance count (2.51 silently runs one instance).
+
+def _io_problem(kind: str, io) -> str | None:
+    from tritonclient.grpc import model_config_pb2
+    if io.data_type == model_config_pb2.TYPE_INVALID:
+        return f"model {kind} '{io.name}' must specify 'data_type'"
+    if not io.dims:
+        return f"model {kind} '{io.name}' must specify 'dims'"
+    bad = [d for d in io.dims if d != -1 and d < 1]
+    if bad:
+        return (f"model {kind} '{io.name}' dimension must be integer >= 1, or -1 to indicate a variable-size "
+                f"dimension (got {list(io.dims)})")
+    return None
+
+
+_CONFIG_FIX = "fix the config; in a rendered repository this is a template bug or a bad spec value (re-render)"
+
+
+def check_config(config, where: str) -> None:
+    """UserError for the first rule one parsed ModelConfig breaks (see the comment above)."""
+    from tritonclient.grpc import model_config_pb2
+
+    def fail(what: str, actual: object = None, expected: object = None) -> None:
+        raise UserError(f"config would not load in Triton: {what}", where=where, actual=actual, expected=expected,
+                        fix=_CONFIG_FIX)
+
+    if config.max_batch_size < 0:
+        fail("'max_batch_size' must be non-negative value", config.max_batch_size, ">= 0")
+    for kind, tensors in (("input", config.input), ("output", config.output)):
+        seen: set[str] = set()
+        for io in tensors:
+            problem = _io_problem(kind, io)
+            if problem:
+                fail(problem)
+            if io.name in seen:
+                fail(f"model {kind} name '{io.name}' appears twice", [t.name for t in tensors], "unique names")
+            seen.add(io.name)
+    for group in config.instance_group:
+        if group.count < 0:
+            label = group.name or model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind)
+            fail(f"instance group '{label}' has a negative count", group.count,
+                 ">= 1 (0 or unset: Triton's default of 1)")
+    if config.HasField("dynamic_batching"):
+        too_big = [b for b in config.dynamic_batching.preferred_batch_size if b < 1 or b > config.max_batch_size]
+        if too_big:
+            fail("dynamic batching preferred size must be <= max batch size", too_big,
+                 f"sizes in 1..{config.max_batch_size}")
+
+
+def check_ensemble(config, configs: dict, where: str) -> None:
+    """An ensemble's steps against the configs of the models it composes (`configs`: name -> ModelConfig,
+    the repository's models). The checks 2.51 makes when it loads an ensemble; no-op for other models."""
+    steps = config.ensemble_scheduling.step
+    if not steps:
+        return
+
+    def fail(what: str, actual: object = None, expected: object = None) -> None:
+        raise UserError(f"ensemble would not load in Triton: {what}", where=where, actual=actual, expected=expected,
+                        fix=_CONFIG_FIX)
+
+    produced = {t.name for t in config.input}
+    for step in steps:
+        composing = configs.get(step.model_name)
+        if composing is None:
+            fail("ensemble step names a model that is not in the repository", step.model_name, sorted(configs))
+        inputs, outputs = {t.name for t in composing.input}, {t.name for t in composing.output}
+        for key in step.input_map:
+            if key not in inputs:
+                fail(f"step '{step.model_name}' maps to input '{key}', which that model does not have",
+                     key, sorted(inputs))
+        for key in step.output_map:
+            if key not in outputs:
+                fail(f"step '{step.model_name}' maps from output '{key}', which that model does not have",
+                     key, sorted(outputs))
+        if config.max_batch_size > 0 and composing.max_batch_size < config.max_batch_size:
+            fail(f"ensemble allows maximum batch size {config.max_batch_size}, but it contains model "
+                 f"'{step.model_name}' which only allows {composing.max_batch_size}",
+                 composing.max_batch_size, f">= {config.max_batch_size}")
+        produced.update(step.output_map.values())
+    consumed = {v for step in steps for v in step.input_map.values()}
+    missing = sorted(consumed - produced)
+    if missing:
+        fail("step input(s) that no ensemble input or step output provides", missing, sorted(produced))
+    unused = sorted(t.name for t in config.output if t.name not in produced)
+    if unused:
+        fail("ensemble output(s) that no step produces", unused, sorted(produced))
+
+
+def validate_repository(root: Path) -> list[UserError]:
+    """Every <model>/config.pbtxt of a model repository on disk, checked as a render is: Triton's schema,
+    the folder name, `check_config` and `check_ensemble`. One UserError per bad model; [] if all pass.
+    Models without a config.pbtxt (Triton auto-completes those) are not checked."""
+    root = Path(root)
+    problems: list[UserError] = []
+    configs: dict[str, object] = {}
+    broken: set[str] = set()
+    for path in sorted(root.glob("*/config.pbtxt")):
+        folder, where = path.parent.name, str(path)
+        try:
+            config = validate_config(path.read_bytes(), where)
+            if config.name and config.name != folder:
+                raise UserError("config name does not match its folder (Triton: directory name must equal "
+                                "model name)", where=where, actual=config.name, expected=folder)
+            check_config(config, where)
+        except UserError as exc:
+            problems.append(exc)
+            broken.add(folder)
+            continue
+        configs[folder] = config
+    for folder, config in configs.items():
+        if any(step.model_name in broken for step in config.ensemble_scheduling.step):
+            continue  # its composing model's own problem is reported; checking against it says nothing
+        try:
+            check_ensemble(config, configs, str(root / folder / "config.pbtxt"))
+        except UserError as exc:
+            problems.append(exc)
+    return problems
 
 
 # --- atomic write ----------------------------------------------------------------------------------
@@ -165,9 +294,24 @@ def _check_target(out: Path) -> None:
                         fix="choose another --out or move that folder away")
 
 
+def check_built_plans(plans: Plans, out: Path) -> None:
+    """Refuse to carry TensorRT plans over that the target server would not load (UserError, exit 2).
+
+    A plan built by another TensorRT than the server's (the pin in defaults, through the plan's
+    ServerTarget) or for another compute capability than the config maps its file to fails at load
+    time ("Magic tag does not match"); the message names each file and the command that rebuilds it.
+    """
+    if not (Path(out) / PLAN_FILE).is_file():
+        return
+    from .tensorrt import check_built_plans as check
+    records = [plan_record(p) for p in _as_tuple(plans)]
+    check(Path(out), records[0] if len(records) == 1 else {"fleet": records}, action="render")
+
+
 def write_repository(plan: Plans, out: Path, files: dict[str, bytes] | None = None) -> dict[str, bytes]:
     out = Path(out).absolute()
     _check_target(out)
+    check_built_plans(plan, out)                         # stale TensorRT plans: refuse, leave `out` as it is
     files = render_files(plan) if files is None else files
     validate_files(plan, files)                          # nothing is written unless everything is valid
     stage = out.with_name(f".{out.name}.render-{os.getpid()}")

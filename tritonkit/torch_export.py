@@ -88,8 +88,11 @@ def export_torch_encoder(model_dir: Path, dest: Path, precision: str, *, atol: f
                         fix="serve this model through the ONNX path (a server with onnxruntime or no GPU)") from None
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # as model.py serves it
     got = pooled_embeddings(dest, sentences, precision, device, source)
-    ref = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True).encode(
+    # .float(): transformers 5 loads a checkpoint in its stored dtype, so an FP16 checkpoint would
+    # otherwise give an FP16 reference.
+    ref = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True).float().encode(
         list(sentences), normalize_embeddings=True, convert_to_numpy=True)
     err = float(np.abs(got - ref).max())
     cos = float((np.sum(got * ref, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))).min())

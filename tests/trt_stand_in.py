@@ -1,0 +1,56 @@
+"""A stand-in for the three TensorRT calls tritonkit makes, for machines where TensorRT cannot be installed.
+
+Only these are replaced: ``require_build_host`` (which TensorRT and GPU this host has),
+``build_engine`` (writes a small "plan" file that records its settings instead of an engine) and
+``run_plan`` (answers with ONNX Runtime's outputs for the ONNX the plan was built from, optionally
+changed by ``perturb`` to play a plan of lower precision). Everything around them is tritonkit's real
+code: builder settings, the ONNX export and checks, the Q/DQ check, validation against ONNX Runtime
+with the plan's tolerance, staging, build.json, reproduce.sh, and the render/serve refusals. Tests
+that need the real engine are in tests/test_tensorrt.py and run where ``tensorrt`` imports.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tritonkit.catalogue import CATALOGUE, GPU
+
+
+@dataclass
+class StandIn:
+    version: str = "10.13.3.9"                     # what `tensorrt.__version__` would say
+    gpu: GPU = CATALOGUE["tesla t4"]               # CUDA device 0 of the build host
+    perturb: Callable[[dict], dict] = lambda outputs: outputs
+    builds: list = field(default_factory=list)     # (settings, onnx path) per build_engine call
+
+
+def install(monkeypatch, stand_in: StandIn) -> StandIn:
+    from tritonkit import tensorrt as T
+    from tritonkit.export import run_onnx
+
+    def require_build_host(plan, targets, *, repo=None):
+        return T.BuildHost(tensorrt_version=stand_in.version, gpu=stand_in.gpu)
+
+    def build_engine(settings, onnx_path, out_path, cache_path, *, on_phase=None):
+        if on_phase is not None:
+            on_phase("stand-in build", 1, 1)
+        out_path.write_bytes(json.dumps({"stand_in_for": "a TensorRT plan", "onnx": str(Path(onnx_path).resolve()),
+                                         "settings": settings.record()}, sort_keys=True).encode())
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        cache_path.write_bytes(b"stand-in timing cache")
+        stand_in.builds.append((settings, Path(onnx_path)))
+        return T.EngineReport(seconds=0.0, tensorrt_version=stand_in.version, timing_cache="new",
+                              profiles=[T.profile_record(p) for p in settings.profiles], io={},
+                              size_bytes=out_path.stat().st_size)
+
+    def run_plan(plan_path, feeds, *, profile=0):
+        built_from = json.loads(Path(plan_path).read_bytes())["onnx"]
+        return stand_in.perturb(run_onnx(Path(built_from), feeds))
+
+    monkeypatch.setattr(T, "require_build_host", require_build_host)
+    monkeypatch.setattr(T, "build_engine", build_engine)
+    monkeypatch.setattr(T, "run_plan", run_plan)
+    return stand_in
