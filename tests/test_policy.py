@@ -61,13 +61,24 @@ def decision(p: Plan, subject: str, key: str):
 
 # --- the whole catalogue x servers x none ------------------------------------------------------------------
 
-COMBINATIONS = [(server, gpu) for server in sorted(SERVERS) for gpu in [None] + GPU_NAMES]
+# NGC 25.10 supports compute capability >= 7.5 only; older GPUs are refused there (tested below).
+UNSUPPORTED_BY_NGC = {g.name for g in CATALOGUE.values() if g.compute_capability < (7, 5)}
+COMBINATIONS = [(server, gpu) for server in sorted(SERVERS) for gpu in [None] + GPU_NAMES
+                if not (server == "ngc" and gpu in UNSUPPORTED_BY_NGC)]
 
 
 def test_expected_instance_table_covers_the_catalogue():
     """Prevents a new catalogue GPU escaping the table-driven planning tests below."""
     assert set(EXPECTED_GPU_INSTANCES) == set(GPU_NAMES)
-    assert len(COMBINATIONS) == 2 * (len(GPU_NAMES) + 1)
+    assert len(COMBINATIONS) == 2 * (len(GPU_NAMES) + 1) - len(UNSUPPORTED_BY_NGC)
+
+
+@pytest.mark.parametrize("gpu", sorted(UNSUPPORTED_BY_NGC))
+def test_gpus_the_ngc_release_does_not_support_are_refused(gpu):
+    """Prevents rendering a repository for a GPU the pinned NGC release cannot run (25.10: cc >= 7.5)."""
+    with pytest.raises(UserError, match="does not support") as info:
+        plan(SPEC, hardware(gpu), server_target("ngc"))
+    assert ">= 7.5" in str(info.value)
 
 
 @pytest.mark.parametrize(("server", "gpu"), COMBINATIONS, ids=[f"{s}-{g or 'none'}" for s, g in COMBINATIONS])
@@ -265,7 +276,7 @@ def test_bf16_only_tolerance_on_t4_error_names_the_gpu_limit():
 
 def test_old_gpu_falls_back_to_fp32_with_reason():
     """Prevents FP16 being planned on a GPU below cc 7.0 (no FP16 tensor cores)."""
-    p = plan(SPEC, hardware("sm=20,cc=6.1,mem=8GiB"), server_target("ngc"))
+    p = plan(SPEC, hardware("sm=20,cc=6.1,mem=8GiB"), server_target("embedded"))
     assert p.model("minilm_encoder").precision == "fp32"
     assert "FP16 needs >= 7.0" in decision(p, "minilm_encoder", "precision").reason
 
@@ -288,8 +299,9 @@ def test_cpu_plan_uses_only_a_tolerated_precision(server, gpu):
 def test_requested_precision_beyond_the_gpu_is_refused(precision, gpu, need):
     """Prevents a precision the GPU cannot execute being planned (the TensorRT build would fail or fall back)."""
     spec = variant(precision=precision, tolerance=tol("fp32", precision), calibration="/data/calib")
+    server = "embedded" if gpu.startswith("sm=") else "ngc"  # NGC 25.10 refuses cc < 7.5 before precision
     with pytest.raises(UserError) as info:
-        plan(spec, hardware(gpu), server_target("ngc"))
+        plan(spec, hardware(gpu), server_target(server))
     message = str(info.value)
     assert "compute capability" in message and need in message
     assert precision.upper() in message

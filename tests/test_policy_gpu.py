@@ -134,3 +134,22 @@ def test_requested_fp8_on_t4_and_int8_without_calibration_are_refused():
     int8 = replace(SPEC, models=(replace(m, precision="int8", tolerance={**m.tolerance, "int8": m.tolerance["fp16"]}),))
     with pytest.raises(UserError, match="calibration"):
         plan(int8, declared("T4"), SERVERS["ngc"])
+
+
+def test_ngc_release_below_the_security_floor_is_refused_unless_overridden(tmp_path):
+    """Rendering for a Triton image without the 2025 security fixes must be a deliberate choice."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "repo"
+    cmd = [sys.executable, str(root / "tools" / "render.py"), "--server", "ngc", "--gpu", "T4", "--out", str(out)]
+    r = subprocess.run(cmd + ["--ngc-release", "24.10"], capture_output=True, text=True)
+    assert r.returncode == 2 and "security" in r.stderr and "25.07" in r.stderr and not out.exists(), r.stderr
+    r = subprocess.run(cmd + ["--ngc-release", "24.10", "--allow-insecure-release", "--explain"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "BELOW THE SECURITY FLOOR" in r.stdout
+    # an unverified release gets no TensorRT plans: ONNX Runtime with the TensorRT accelerator instead
+    assert "onnxruntime (tensorrt-ep)" in r.stdout
+    r = subprocess.run(cmd + ["--ngc-release", "2510"], capture_output=True, text=True)
+    assert r.returncode == 2 and "YY.MM" in r.stderr

@@ -25,7 +25,9 @@ from tritonkit.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = load_spec(defaults.DEFAULT_SPEC)
-TARGETS = [(gpu, server) for server in SERVERS for gpu in ["none", *(g.name for g in CATALOGUE.values())]]
+TARGETS = [(gpu, server) for server in SERVERS for gpu in ["none", *(g.name for g in CATALOGUE.values())]
+           if not (server == "ngc" and gpu != "none" and CATALOGUE[gpu.lower()].compute_capability
+                   < SERVERS["ngc"].min_compute_capability)]
 
 
 def tree_hash(root: Path) -> dict[str, str]:

@@ -32,13 +32,18 @@ def _planning_args(p: argparse.ArgumentParser) -> None:
                    help="auto (detect), none, a catalogue name (T4, A100, H100, ...), or sm=40,cc=7.5,mem=16GiB")
     g.add_argument("--server", choices=("embedded", "ngc"), default="embedded",
                    help="serving Triton: the embedded PyPI tritonserver (python backend only) or the NGC image")
+    g.add_argument("--ngc-release", default=None, metavar="YY.MM",
+                   help=f"NGC tritonserver release to render for (default: the pinned {defaults.NGC_RELEASE})")
+    g.add_argument("--allow-insecure-release", action="store_true",
+                   help=f"accept an NGC release older than {defaults.NGC_SECURE_FLOOR} (before the 2025 security fixes)")
     g.add_argument("--no-tensorrt", action="store_true",
                    help="NGC target where no TensorRT plan can be built: ONNX Runtime with its TensorRT accelerator")
 
 
-def _capabilities(args, hardware):
+def _capabilities(args, hardware, server):
     from .policy import Capabilities
-    caps = Capabilities(tensorrt_build=not getattr(args, "no_tensorrt", False))
+    # Plans are built only for a TensorRT we know the server has (the pinned release's).
+    caps = Capabilities(tensorrt_build=not getattr(args, "no_tensorrt", False) and server.tensorrt_version is not None)
     if args.server == "embedded" and hardware.gpus:  # only the PyTorch path needs torch's own threshold
         from dataclasses import replace
 
@@ -55,7 +60,8 @@ def _make_plans(args):
     from .servers import server_target
     from .spec import load_spec
     hardware = resolve(args.gpu)
-    return plan_fleet(load_spec(args.spec), hardware, server_target(args.server), _capabilities(args, hardware))
+    server = server_target(args.server, getattr(args, "ngc_release", None), getattr(args, "allow_insecure_release", False))
+    return plan_fleet(load_spec(args.spec), hardware, server, _capabilities(args, hardware, server))
 
 
 def _make_plan(args):
@@ -140,8 +146,8 @@ def cmd_render(args) -> int:
 
 def cmd_build(args) -> int:
     from .build import build
-    plan = _make_plan(args)
-    results = build(plan, args.repo, force=args.force)
+    plans = _make_plans(args)  # a fleet builds the artifacts of this host's GPU type, reports the others
+    results = build(plans if len(plans) > 1 else plans[0], args.repo, force=args.force)
     for r in results:
         print(r.summary())
     return 0
@@ -273,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the repository on disk differs")
     p.set_defaults(run=cmd_render)
 
-    p = sub.add_parser("build", help="export and validate the artifacts the plan names (ONNX, tokenizer)")
+    p = sub.add_parser("build", help="produce and validate the artifacts the plan names (ONNX, TensorRT plans, "
+                                     "PyTorch weights, tokenizer), with build.json and reproduce.sh")
     _planning_args(p)
     p.add_argument("--repo", type=Path, default=defaults.DEFAULT_REPOSITORY, help="repository (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="rebuild even when the manifest says it is current")

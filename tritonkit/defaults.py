@@ -12,6 +12,9 @@ NGC_TRITON_IMAGE = f"nvcr.io/nvidia/tritonserver:{NGC_RELEASE}-py3"
 NGC_TENSORRT_IMAGE = f"nvcr.io/nvidia/tensorrt:{NGC_RELEASE}-py3"
 NGC_TRITON_VERSION = "2.62.0"      # server version inside NGC_TRITON_IMAGE
 NGC_TENSORRT_VERSION = "10.13.3"   # TensorRT inside both NGC images of NGC_RELEASE
+# First NGC release with the fixes of NVIDIA's 2025 Triton security bulletins (CVE-2025-23310/23317/
+# 23319 and others, fixed in 25.07): rendering for an older release is refused unless overridden.
+NGC_SECURE_FLOOR = "25.07"
 # Embedded server: the tritonserver binary bundled in the PyPI wheel nvidia-pytriton==0.7.0.
 EMBEDDED_TRITON_VERSION = "2.51.0"  # Triton 24.10 era: development/CI use only (predates 2025 fixes)
 

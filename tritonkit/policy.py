@@ -394,6 +394,11 @@ def plan(spec: Spec, hardware: Hardware, server: ServerTarget, gpu: GPU | None =
                             actual=[g.name for g in types], expected="one GPU type",
                             fix="use plan_fleet (the CLI does) to render one config variant per GPU type")
         gpu = types[0]
+    if gpu is not None and gpu.compute_capability < server.min_compute_capability:
+        need = ".".join(map(str, server.min_compute_capability))
+        raise UserError(f"the {server.name} server does not support {gpu.name}", where="--gpu",
+                        actual=f"compute capability {gpu.cc:.1f}", expected=f">= {need} ({server.note.split(';')[0]})",
+                        fix="serve this GPU with --server embedded, or use a newer GPU")
     decisions: list[Decision] = []
 
     def decide(subject: str, key: str, value: str, reason: str) -> None:

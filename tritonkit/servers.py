@@ -16,6 +16,7 @@ class ServerTarget:
     tensorrt_version: str | None   # TensorRT the server loads plans with; None = cannot serve plans
     development_only: bool
     note: str
+    min_compute_capability: tuple[int, int] = (0, 0)   # oldest GPU the server's CUDA build supports
 
 
 SERVERS: dict[str, ServerTarget] = {
@@ -23,7 +24,9 @@ SERVERS: dict[str, ServerTarget] = {
         name="ngc", triton_version=defaults.NGC_TRITON_VERSION,
         backends=frozenset({"tensorrt", "onnxruntime", "pytorch", "python", "ensemble"}),
         image=defaults.NGC_TRITON_IMAGE, tensorrt_version=defaults.NGC_TENSORRT_VERSION, development_only=False,
-        note=f"NGC {defaults.NGC_TRITON_IMAGE}; plans are built in {defaults.NGC_TENSORRT_IMAGE} (same TensorRT)"),
+        note=f"NGC {defaults.NGC_TRITON_IMAGE}; plans are built in {defaults.NGC_TENSORRT_IMAGE} (same TensorRT)",
+        # Triton 25.10 release notes: "supports CUDA compute capability 7.5 and later"
+        min_compute_capability=(7, 5)),
     "embedded": ServerTarget(
         name="embedded", triton_version=defaults.EMBEDDED_TRITON_VERSION,
         backends=frozenset({"python", "ensemble"}), image=None, tensorrt_version=None, development_only=True,
@@ -32,8 +35,34 @@ SERVERS: dict[str, ServerTarget] = {
 }
 
 
-def server_target(name: str) -> ServerTarget:
+def _release(text: str) -> tuple[int, int]:
+    import re
+
+    from .errors import UserError
+    m = re.fullmatch(r"(\d{2})\.(\d{2})", text)
+    if not m:
+        raise UserError("not an NGC release", where="--ngc-release", actual=text, expected="YY.MM, e.g. 25.10")
+    return int(m.group(1)), int(m.group(2))
+
+
+def server_target(name: str, ngc_release: str | None = None, allow_insecure: bool = False) -> ServerTarget:
+    """The serving Triton. `ngc_release` other than the pinned one: its image tag, versions unverified
+    (so no TensorRT plans), and refused below the security floor unless `allow_insecure`."""
+    from dataclasses import replace
+
     from .errors import UserError
     if name not in SERVERS:
         raise UserError("unknown server", where="--server", actual=name, expected=f"one of {sorted(SERVERS)}")
-    return SERVERS[name]
+    target = SERVERS[name]
+    if name != "ngc" or ngc_release in (None, defaults.NGC_RELEASE):
+        return target
+    if _release(ngc_release) < _release(defaults.NGC_SECURE_FLOOR) and not allow_insecure:
+        raise UserError("this NGC release predates the fixes of the 2025 Triton security bulletins",
+                        where="--ngc-release", actual=ngc_release, expected=f">= {defaults.NGC_SECURE_FLOOR}",
+                        fix=f"use {defaults.NGC_RELEASE} (the pinned, tested release), or pass --allow-insecure-release "
+                            "if you accept the risk (e.g. an air-gapped lab)")
+    image = f"nvcr.io/nvidia/tritonserver:{ngc_release}-py3"
+    insecure = " BELOW THE SECURITY FLOOR (overridden)" if _release(ngc_release) < _release(defaults.NGC_SECURE_FLOOR) else ""
+    return replace(target, image=image, triton_version=f"unknown ({ngc_release})", tensorrt_version=None,
+                   note=f"NGC {image}{insecure}; not the pinned {defaults.NGC_RELEASE}: its TensorRT version is not "
+                        "verified here, so no TensorRT plans are built for it")
