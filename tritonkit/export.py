@@ -252,20 +252,7 @@ def export_sentence_embedding(model_dir: Path, out_path: Path, *,
 
     import onnx
     import torch
-    from transformers import AutoModel, AutoTokenizer
-    _quiet_transformers()
-
-    try:
-        transformer = AutoModel.from_pretrained(str(layout.transformer_dir), local_files_only=True,
-                                                attn_implementation="eager").float().eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(layout.transformer_dir), local_files_only=True)
-    except Exception as e:  # noqa: BLE001 - missing/corrupt weights, config or tokenizer files (local only)
-        # Scoped to loading the user's files: OSError (missing file), SafetensorError (corrupt header),
-        # ValueError (bad config) all mean the same thing to the user. The cause stays chained.
-        raise UserError(f"cannot load the transformer ({type(e).__name__}: {str(e)[:300]})",
-                        where=str(layout.transformer_dir),
-                        fix="check that the weights (model.safetensors / pytorch_model.bin), config.json and "
-                            "tokenizer files are complete; reinstall the model package if it came from one") from e
+    transformer, tokenizer = load_transformer(layout.transformer_dir)
     wrapper = _sentence_embedding_module(transformer, normalize=normalize)
 
     ids, mask = _trace_inputs(tokenizer, trace_shape)
@@ -321,6 +308,24 @@ def _quiet_transformers() -> None:
     """transformers draws a "Loading weights" bar per load; tritonkit's own progress bar covers the step."""
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
+
+
+def load_transformer(transformer_dir: Path):
+    """(FP32 eager transformer, tokenizer) from a local folder; unreadable files are a UserError."""
+    from transformers import AutoModel, AutoTokenizer
+    _quiet_transformers()
+    try:
+        transformer = AutoModel.from_pretrained(str(transformer_dir), local_files_only=True,
+                                                attn_implementation="eager").float().eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(transformer_dir), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - missing/corrupt weights, config or tokenizer files (local only)
+        # Scoped to loading the user's files: OSError (missing file), SafetensorError (corrupt header),
+        # ValueError (bad config) all mean the same thing to the user. The cause stays chained.
+        raise UserError(f"cannot load the transformer ({type(e).__name__}: {str(e)[:300]})",
+                        where=str(transformer_dir),
+                        fix="check that the weights (model.safetensors / pytorch_model.bin), config.json and "
+                            "tokenizer files are complete; reinstall the model package if it came from one") from e
+    return transformer, tokenizer
 
 
 def _check_export_args(input_names, output_name, axes, opset, trace_shape) -> None:

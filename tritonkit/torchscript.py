@@ -31,6 +31,7 @@ from pathlib import Path
 from . import defaults
 from .errors import UserError
 from .export import (EXPORTER, NUMPY_DTYPES, ValidationResult, _compare, _preview, _quiet_transformers,
+                     load_transformer,
                      _sentence_embedding_module, _st_features, _st_layout, _trace_inputs, source_sha256,
                      spec_shapes, synthetic_feeds)
 
@@ -46,15 +47,7 @@ def export_sentence_embedding_torchscript(model_dir: Path, out_path: Path, *, no
         raise UserError("bad trace_shape", actual=trace_shape, expected="(batch >= 2, sequence >= 2)")
     layout = _st_layout(model_dir)
     import torch
-    from transformers import AutoModel, AutoTokenizer
-    _quiet_transformers()
-    try:
-        transformer = AutoModel.from_pretrained(str(layout.transformer_dir), local_files_only=True,
-                                                attn_implementation="eager").float().eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(layout.transformer_dir), local_files_only=True)
-    except Exception as e:  # noqa: BLE001 - the user's files are missing or corrupt (same scope as the ONNX export)
-        raise UserError(f"cannot load the transformer ({type(e).__name__}: {str(e)[:300]})",
-                        where=str(layout.transformer_dir)) from e
+    transformer, tokenizer = load_transformer(layout.transformer_dir)
     wrapper = _sentence_embedding_module(transformer, normalize=normalize)
     ids, mask = _trace_inputs(tokenizer, trace_shape)
     out_path.parent.mkdir(parents=True, exist_ok=True)
