@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ from tritonkit.defaults import (
     NGC_TRITON_IMAGE,
     SERVER_EXIT_TIMEOUT_S,
     SERVER_READY_TIMEOUT_S,
+    WATCHDOG_GRACE_S,
+    WATCHDOG_INTERVAL_S,
+    WATCHDOG_STOP_S,
 )
 from tritonkit.errors import UserError
 
@@ -334,6 +338,28 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
+# --- TensorRT plans must match the server and the GPUs that load them --------------------------------
+
+def refuse_mismatched_plans(repository: Path) -> None:
+    """UserError (exit 2) before launch when a built TensorRT plan would not load here.
+
+    Reads the repository's plan.json (nothing to check without one or without TensorRT models): every
+    plan's build.json must name the target server's TensorRT (current pin) and the compute capability
+    its config maps it to, and each GPU detected on this host needs a plan built for its cc.
+    """
+    plan_file = Path(repository) / "plan.json"
+    try:
+        plan_json = json.loads(plan_file.read_text())
+    except (OSError, ValueError):
+        return
+    from tritonkit.tensorrt import check_built_plans, expected_plans, plan_records
+    if not expected_plans(plan_records(plan_json)):
+        return
+    from tritonkit.hardware import detect
+    ccs = sorted({f"{g.compute_capability[0]}.{g.compute_capability[1]}" for g in detect().gpus})
+    check_built_plans(Path(repository), plan_json, action="serve", gpu_ccs=ccs)
+
+
 class EmbeddedServer:
     """One real tritonserver process: start() -> wait_ready() -> ... -> stop(). A context manager too."""
 
@@ -348,6 +374,7 @@ class EmbeddedServer:
         self.server_version: str | None = None
         self.models: dict[str, str] = {}          # name -> state, from the repository index once ready
         self.failed_models: dict[str, str] = {}   # name -> reason (only possible with fail_fast=False)
+        self._healthy: dict[str, int] | None = None  # model -> stub count, set by mark_healthy()
 
     # -- addresses
     @property
@@ -439,6 +466,8 @@ class EmbeddedServer:
             what = "is not a directory" if o.repository.exists() else "does not exist"
             raise UserError(f"model repository {what}", where=str(o.repository),
                             fix="render one first (`tritonkit render`) or pass the right --repository")
+        refuse_mismatched_plans(o.repository)
+        self._check_configs()
         for name, port in (("http", o.http_port), ("grpc", o.grpc_port), ("metrics", o.metrics_port)):
             _check_port_free(o.address, port, name)
         triton = self.triton  # may raise UserError (not installed)
@@ -459,6 +488,21 @@ class EmbeddedServer:
                 start_new_session=True,  # own process group: stop() kills the python backend stubs too
                 preexec_fn=_pdeathsig_preexec(os.getpid()))
         LOG.info("tritonserver pid %d, log %s", self._proc.pid, self._log_path)
+
+    def _check_configs(self) -> None:
+        """Every config.pbtxt against the rules tritonserver applies at load (tritonkit.render's checks),
+        before launching: fail fast names each bad model and why; degraded mode warns and lets Triton
+        fail those models (they are then reported not ready)."""
+        from tritonkit.render import validate_repository
+        problems = validate_repository(self.options.repository)
+        if not problems:
+            return
+        text = "\n".join(str(p) for p in problems)
+        if self.options.fail_fast:
+            raise UserError(f"{len(problems)} model config(s) would not load; tritonserver not started:\n{text}",
+                            where=str(self.options.repository),
+                            fix="fix the config(s) above, or pass --degraded to serve the other models")
+        LOG.warning("model config(s) that will fail to load (degraded mode: serving the others):\n%s", text)
 
     def _request(self, method: str, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         req = urllib.request.Request(f"http://{self.http_url}{path}", method=method, headers=self.admin_headers,
@@ -538,9 +582,67 @@ class EmbeddedServer:
         for name, reason in self.failed_models.items():
             LOG.warning("model %s failed to load (fail_fast is off, serving the others): %s", name, reason)
 
-    def stop(self) -> int:
-        """SIGTERM, wait exit_timeout_s + margin, then SIGKILL the whole group. Returns the exit code
-        (negative: killed by that signal; 0 if never started). Idempotent."""
+    # -- health (what serve()'s watchdog checks)
+    def stub_pids(self) -> dict[str, set[int]]:
+        """Live python backend stubs of this server, by model name (the stub's command line names
+        <repository>/<model>/<version>/model.py)."""
+        if self._proc is None:
+            return {}
+        root = self.options.repository.resolve()
+        stubs: dict[str, set[int]] = {}
+        for pid in _group_members(self._proc.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if len(argv) < 2 or not argv[0].endswith(STUB_NAME.encode()):
+                continue
+            model_py = Path(os.fsdecode(argv[1]))
+            try:
+                name = model_py.resolve().relative_to(root).parts[0]
+            except ValueError:
+                name = model_py.parts[-3] if len(model_py.parts) >= 3 else str(model_py)
+            stubs.setdefault(name, set()).add(pid)
+        return stubs
+
+    def mark_healthy(self) -> None:
+        """Take the current state as the reference: the models that are READY now and how many stubs
+        each runs. `unhealthy_models` compares against it (serve() calls this once the server is ready)."""
+        self._healthy = {name: len(pids) for name, pids in self.stub_pids().items()}
+        for name, state in self.models.items():
+            if state == "READY":
+                self._healthy.setdefault(name, 0)
+
+    def unhealthy_models(self) -> dict[str, str]:
+        """Models that were healthy at `mark_healthy` and are not now: name -> why.
+
+        Two checks, because 2.51 reports only the first: the model's own readiness endpoint, and that
+        as many python backend stubs run for it as did then. A stub killed by a signal leaves its model
+        READY in 2.51; every request to it then fails with "Stub process '<instance>' is not healthy".
+        """
+        if self._proc is None or self._healthy is None:
+            return {}
+        stubs = self.stub_pids()
+        problems: dict[str, str] = {}
+        for name, expected in self._healthy.items():
+            alive = len(stubs.get(name, ()))
+            if alive < expected:
+                problems[name] = (f"{expected - alive} of its {expected} python backend stub process(es) died "
+                                  f"(tritonserver {self.triton.version} neither restarts them nor marks the model "
+                                  "not ready; its requests fail)")
+                continue
+            path = f"/v2/models/{urllib.parse.quote(name, safe='')}/ready"
+            try:
+                status, _ = self._request("GET", path, timeout=1.0)
+            except (urllib.error.URLError, OSError):
+                continue  # the server itself is checked separately (its process exit)
+            if status != 200:
+                problems[name] = f"tritonserver reports it not ready (HTTP {status} from its ready endpoint)"
+        return problems
+
+    def stop(self, grace_s: float | None = None) -> int:
+        """SIGTERM, wait `grace_s` (default: exit_timeout_s + margin), then SIGKILL the whole group.
+        Returns the exit code (negative: killed by that signal; 0 if never started). Idempotent."""
         if self._proc is None:
             return 0
         if self._proc.poll() is None:
@@ -548,7 +650,7 @@ class EmbeddedServer:
                 self._proc.send_signal(signal.SIGTERM)  # tritonserver unloads models and ends its stubs
             except ProcessLookupError:
                 pass
-            grace = self.options.exit_timeout_s + _STOP_MARGIN_S
+            grace = self.options.exit_timeout_s + _STOP_MARGIN_S if grace_s is None else grace_s
             try:
                 self._proc.wait(grace)
             except subprocess.TimeoutExpired:
@@ -624,11 +726,49 @@ def _security_warning(version: str, address: str) -> str:
             f"25.07+). It is {exposure}. Serve real traffic with {NGC_TRITON_IMAGE}.")
 
 
+class ModelStoppedServing(UserError):
+    """A model that was ready stopped serving while the server runs (raised by serve()'s watchdog)."""
+
+
+class _Watchdog:
+    """serve()'s guard against a silent black hole: every `interval_s`, the models that were healthy
+    at start must still be (`EmbeddedServer.unhealthy_models`); one that stays unhealthy for `grace_s`
+    (a server may recover it meanwhile: a restarted stub counts again) raises UserError naming it."""
+
+    def __init__(self, server: EmbeddedServer, interval_s: float = WATCHDOG_INTERVAL_S,
+                 grace_s: float = WATCHDOG_GRACE_S):
+        self.server, self.interval_s, self.grace_s = server, interval_s, grace_s
+        server.mark_healthy()
+        self._next = time.monotonic() + interval_s
+        self._since: dict[str, float] = {}
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval_s
+        problems = self.server.unhealthy_models()
+        for name in problems:
+            if name not in self._since:
+                LOG.warning("model %s is unhealthy: %s", name, problems[name])
+        self._since = {name: self._since.get(name, now) for name in problems}  # recovered ones drop out
+        for name, since in sorted(self._since.items()):
+            if now - since >= self.grace_s:
+                raise ModelStoppedServing(
+                    f"model {name} stopped serving: {problems[name]}; unhealthy for {now - since:.1f} s, so "
+                    f"tritonkit stops the server instead of leaving a model that fails every request\n"
+                    f"{self.server.log_excerpt()}",
+                    where=str(self.server.options.repository),
+                    fix=f"restart `tritonkit serve` (a supervisor's restart policy does this); the log may say "
+                        f"why the stub died: {self.server.log_path}")
+
+
 def serve(options: ServerOptions, *, on_ready: Callable[[EmbeddedServer], None] | None = None) -> int:
     """Start, wait ready, print the URLs and the security warning, block until SIGINT/SIGTERM, stop.
 
     Returns 0 after a clean stop (1 if tritonserver had to be killed). A server that dies on its
-    own, or never gets ready, raises UserError with its log excerpt; nothing is left running.
+    own, or never gets ready, raises UserError with its log excerpt; nothing is left running. So does
+    a model that stops serving while the server runs (`_Watchdog`: e.g. its python stub was killed).
     """
     stop_requested = threading.Event()
     previous: dict[int, object] = {}
@@ -649,17 +789,39 @@ def serve(options: ServerOptions, *, on_ready: Callable[[EmbeddedServer], None] 
                 print(f"WARNING: model {name} failed to load: {reason}", file=sys.stderr, flush=True)
             if on_ready is not None:
                 on_ready(server)
+        watchdog = None if stop_requested.is_set() else _Watchdog(server)
         while not stop_requested.wait(0.5):
             code = server.returncode
             if code is not None:
-                raise UserError(f"tritonserver exited on its own with code {code}\n{server.log_excerpt()}",
-                                fix=f"see the full log: {server.log_path}")
+                raise UserError(f"tritonserver exited on its own with code {code}{_signal_note(code)}\n"
+                                f"{server.log_excerpt()}", fix=f"see the full log: {server.log_path}")
+            watchdog.check()
         print("tritonkit: stopping tritonserver...", file=sys.stderr, flush=True)
+    except ModelStoppedServing:
+        # 2.51 never finishes unloading a model whose stub died ("Found 1 live models" until the exit
+        # timeout), so a graceful stop would only delay the restart by exit_timeout_s; in-flight requests
+        # to the healthy models get WATCHDOG_STOP_S.
+        server.stop(grace_s=min(WATCHDOG_STOP_S, options.exit_timeout_s + _STOP_MARGIN_S))
+        raise
     finally:
         code = server.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if code != 0:
-        print(f"tritonkit: tritonserver exit code {code} (see {server.log_path})", file=sys.stderr, flush=True)
+        why = _signal_note(code)
+        if "Exit timeout expired" in server._read_log():
+            why += (f"; requests or HTTP connections were still open when --exit-timeout-secs="
+                    f"{options.exit_timeout_s} ran out, and tritonserver cut them")
+        print(f"tritonkit: tritonserver exit code {code}{why} (see {server.log_path})", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def _signal_note(code: int) -> str:
+    """' (killed by SIGSEGV)' for a negative exit code, '' otherwise."""
+    if code >= 0:
+        return ""
+    try:
+        return f" (killed by {signal.Signals(-code).name})"
+    except ValueError:
+        return f" (killed by signal {-code})"
