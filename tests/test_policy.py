@@ -137,7 +137,7 @@ def test_example_spec_plans_everywhere(server, gpu):
         assert 0 <= q.max_queue_delay_us <= defaults.QUEUE_DELAY_MAX_US
         assert q.max_queue_delay_us <= defaults.QUEUE_DELAY_BUDGET_SHARE * BUDGET_US
         assert 0 < q.max_queue_size <= 64 * 4 * 4
-        assert q.timeout_us == BUDGET_US == 250_000
+        assert q.timeout_us == BUDGET_US * defaults.QUEUE_TIMEOUT_BUDGET_SHARE == 500_000
 
     # Tokenizer: pads to buckets only where the encoder batches equal shapes only.
     tparams = dict(tok.parameters)
@@ -210,7 +210,7 @@ def test_queue_delay_is_a_small_share_of_the_budget(budget_ms, delay_us):
     p = plan(variant(p99_budget_ms=budget_ms), hardware("T4"), server_target("ngc"))
     q = p.model("minilm_encoder").batching
     assert q.max_queue_delay_us == delay_us
-    assert q.timeout_us == int(budget_ms * 1000)
+    assert q.timeout_us == int(budget_ms * 1000 * defaults.QUEUE_TIMEOUT_BUDGET_SHARE)
     assert str(delay_us) in decision(p, "minilm_encoder", "dynamic_batching").reason
 
 
@@ -221,7 +221,7 @@ def test_cpu_batching_has_no_delay_but_a_bounded_queue(server):
     for name in ("minilm_encoder", "minilm_tokenizer"):
         q = p.model(name).batching
         assert q.max_queue_delay_us == 0 and q.max_queue_size > 0
-        assert q.timeout_us == int(SPEC.models[0].p99_budget_ms * 1000)
+        assert q.timeout_us == int(SPEC.models[0].p99_budget_ms * 1000 * defaults.QUEUE_TIMEOUT_BUDGET_SHARE)
     assert "no batching delay" in decision(p, "minilm_encoder", "dynamic_batching").reason
 
 

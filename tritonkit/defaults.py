@@ -49,8 +49,11 @@ VALIDATION_SENTENCES = (
 QUEUE_DELAY_BUDGET_SHARE = 0.05
 # ...but never more than this (beyond it batching buys little and tail latency pays).
 QUEUE_DELAY_MAX_US = 2_000
-# Requests waiting longer than this share of the budget are rejected (shed load, don't queue forever).
-QUEUE_TIMEOUT_BUDGET_SHARE = 1.0
+# Requests waiting longer than this multiple of the p99 budget are rejected (shed load, don't queue
+# forever). Not 1x: on a busy 2-core host 2.51's batcher occasionally left a request queued past the
+# budget at concurrency 1-2 (about 1 in 2,000-6,000), and a request that is merely slow should be
+# answered late rather than failed; at 2x capacity the shedding still answered within ~0.7 s.
+QUEUE_TIMEOUT_BUDGET_SHARE = 2.0
 # Bounded queue: this many full batches may wait (beyond it, requests are rejected at once).
 QUEUE_BATCHES = 4
 

@@ -1,14 +1,14 @@
 """Property 6: overload is shed, not queued forever.
 
 The MiniLM ensemble as the policy renders it (tokenizer and encoder each with a bounded queue, 4 full
-batches, that REJECTs requests older than the p99 budget) is driven open loop at 2x the capacity the
+batches, that REJECTs requests older than twice the p99 budget) is driven open loop at 2x the capacity the
 bench step measured, then at half of it. Under overload some requests must be answered UNAVAILABLE
 instead of waiting, every request must get an answer within a bound, the server's RSS must stay flat
 (no per-request growth), and at half load right after, nothing may fail.
 
 Measured on tritonserver 2.51 (see also the report of issue #7): rejections are "Request timeout
 expired" answered 0.3-0.8 s after sending (the queue timeout is checked when a batch is formed, so a
-request waits its 250 ms plus up to one batch in each of the two stages); goodput under 2x stays at
+request waits its queue timeout (2x the 250 ms budget) plus up to one batch in each of the two stages); goodput under 2x stays at
 or above the closed-loop capacity because the encoder then runs bigger batches.
 """
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 OVERLOAD_S = 5.0         # per phase; two phases, so RSS growth in the second shows what overload costs
 RECOVERY_S = 4.0
-# An answer (result or rejection) must come within this: 2 queues x the 250 ms timeout, plus execution of
+# An answer (result or rejection) must come within this: 2 queues x the 0.5 s timeout, plus execution of
 # the batches in front. An unbounded queue at 2x would make the wait grow by ~0.5 s per second of overload.
 ANSWER_BOUND_S = 2.5
 RSS_GROWTH_LIMIT_PCT = 5.0

@@ -3,7 +3,7 @@ spec's budget, tritonserver + stub RSS drift < 5%. benchmarks/soak.py runs the s
 (`--minutes`); this is its short form on the shared server, writing its JSON + PNG to a temp folder.
 
 On a machine shared with other work the verdict can be the neighbours' (a CPU-heavy build stalls the
-server past its 250 ms queue timeout, and requests are rejected): the soak measures the CPU the other
+server past its queue timeout, and requests are rejected): the soak measures the CPU the other
 processes take, and a failed verdict with more than NOISY_NEIGHBOUR_PCT of it is a skip that prints the
 figures, not a pass.
 """
