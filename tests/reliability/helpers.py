@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_ports
+from tests.test_serve import BROKEN_MODEL  # noqa: F401 - re-exported for the reliability tests
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,14 +55,6 @@ class TritonPythonModel:
             x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", (x + 1).astype(np.float32))]))
         return responses
-"""
-BROKEN_MODEL = """\
-class TritonPythonModel:
-    def initialize(self, args):
-        raise RuntimeError("boom: deliberately broken model")
-
-    def execute(self, requests):
-        return []
 """
 
 
@@ -103,22 +96,6 @@ def raw_http(port: int, method: str, path: str, body: bytes | None = None, heade
 
 
 # --- /proc ---------------------------------------------------------------------------------------
-
-def process_group(pgid: int) -> list[int]:
-    """Live (non-zombie) members of process group `pgid`."""
-    members = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(proc.name))
-    return members
-
 
 def processes_naming(text: str) -> list[int]:
     """Live processes whose command line contains `text` (e.g. a test's repository path)."""
