@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import live_processes
 from tritonkit.errors import UserError
 from tritonkit.serve import (
     ADMIN_HEADER,
@@ -89,18 +90,8 @@ def options_for(repo: Path, **kw) -> ServerOptions:
 
 def triton_processes(repo: Path) -> list[str]:
     """tritonserver / python stub processes (not zombies) whose command line names `repo`, via /proc."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and str(repo) in cmdline and ("tritonserver" in cmdline or STUB_NAME in cmdline):
-            found.append(f"{proc.name}: {cmdline[:200]}")
-    return found
+    return [f"{pid}: {cmdline[:200]}" for pid, cmdline in live_processes()
+            if str(repo) in cmdline and ("tritonserver" in cmdline or STUB_NAME in cmdline)]
 
 
 def wait_until_gone(repo: Path, timeout_s: float) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_ports
+from tests.conftest import free_ports, live_processes
 from tests.test_serve import BROKEN_MODEL  # noqa: F401 - re-exported for the reliability tests
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,18 +99,7 @@ def raw_http(port: int, method: str, path: str, body: bytes | None = None, heade
 
 def processes_naming(text: str) -> list[int]:
     """Live processes whose command line contains `text` (e.g. a test's repository path)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and text in cmdline:
-            found.append(int(proc.name))
-    return found
+    return [pid for pid, cmdline in live_processes() if text in cmdline]
 
 
 def wait_until(predicate, timeout_s: float, interval_s: float = 0.1):
