@@ -19,7 +19,7 @@ from tritonkit.errors import UserError
 from tritonkit.hardware import Hardware, declared
 from tritonkit.plan import Plan
 from tritonkit.plan import plan_filename
-from tritonkit.policy import BACKENDS, BACKEND_PRECISIONS, ROW_ARTIFACTS, plan
+from tritonkit.policy import BACKENDS, BACKEND_PRECISIONS, ROW_ARTIFACTS, plan, queue_timeout_us
 from tritonkit.servers import SERVERS, server_target
 from tritonkit.spec import Source, Spec, Tolerance, load_spec
 
@@ -31,8 +31,10 @@ CORES = 8
 GPU_NAMES = sorted(g.name for g in CATALOGUE.values())
 
 # Instances per GPU, written out per catalogue entry: 1 below 48 SMs, else 2.
+# The example spec batches, so its queue is bounded and every model gets >= 2 instances
+# (defaults.MIN_INSTANCES_WITH_QUEUE_POLICY); by SM count alone T4 and Orin would get 1.
 EXPECTED_GPU_INSTANCES = {
-    "Tesla T4": 1, "Jetson AGX Orin": 1,
+    "Tesla T4": 2, "Jetson AGX Orin": 2,
     "V100": 2, "A10": 2, "A10G": 2, "A100 40GB": 2, "A100 80GB": 2, "L4": 2, "L40S": 2,
     "H100 PCIe": 2, "H100 SXM": 2, "H200": 2, "B200": 2, "RTX 3080": 2, "RTX 4090": 2,
 }
@@ -137,13 +139,13 @@ def test_example_spec_plans_everywhere(server, gpu):
         assert 0 <= q.max_queue_delay_us <= defaults.QUEUE_DELAY_MAX_US
         assert q.max_queue_delay_us <= defaults.QUEUE_DELAY_BUDGET_SHARE * BUDGET_US
         assert 0 < q.max_queue_size <= 64 * 4 * 4
-        assert q.timeout_us == BUDGET_US * defaults.QUEUE_TIMEOUT_BUDGET_SHARE == 500_000
+        assert q.timeout_us == queue_timeout_us(BUDGET_US / 1000) == 750_000  # re-check 500 ms + 250 ms budget
 
     # Tokenizer: pads to buckets only where the encoder batches equal shapes only.
     tparams = dict(tok.parameters)
     assert tparams["max_length"] == "256"
     assert tparams["pad_to_multiple_of"] == ("1" if server == "embedded" else "16")
-    assert [(g.kind, g.count) for g in tok.instances] == [("KIND_CPU", 1)]
+    assert [(g.kind, g.count) for g in tok.instances] == [("KIND_CPU", defaults.MIN_INSTANCES_WITH_QUEUE_POLICY)]
 
     # Every decision explained; the plan is a plain, JSON-able value.
     assert p.decisions and all(d.reason.strip() for d in p.decisions), [d for d in p.decisions if not d.reason]
@@ -181,28 +183,49 @@ def test_planned_templates_exist(server, gpu):
 
 @pytest.mark.parametrize(("sms", "count"), [(1, 1), (16, 1), (40, 1), (47, 1), (48, 2), (58, 2), (132, 2)])
 def test_gpu_instances_by_sm_count(sms, count):
-    """Prevents two instances splitting a small GPU (or one instance leaving a big one idle between requests)."""
-    p = plan(SPEC, hardware(f"sm={sms},cc=8.0,mem=16GiB"), server_target("ngc"))
+    """Prevents two instances splitting a small GPU (or one instance leaving a big one idle between requests).
+    Unbatched, so no queue policy raises the count (next test)."""
+    p = plan(variant(max_batch_size=0), hardware(f"sm={sms},cc=8.0,mem=16GiB"), server_target("ngc"))
     assert p.model("minilm_encoder").instances[0].count == count
     assert f"{sms} SMs" in decision(p, "minilm_encoder", "instances").reason
 
 
+@pytest.mark.parametrize(("server", "gpu", "cores"), [("ngc", "T4", 8), ("ngc", "sm=16,cc=8.0,mem=16GiB", 8),
+                                                      ("ngc", None, 1), ("embedded", None, 1)])
+def test_bounded_queue_gets_a_second_instance(server, gpu, cores):
+    """Prevents a bounded queue in front of a lone instance: Triton's batcher then leaves a burst waiting for
+    its 500 ms idle re-check and rejects it at the queue timeout (benchmarks/queue_policy_bursts.py)."""
+    p = plan(SPEC, hardware(gpu, cores=cores), server_target(server))
+    for name in ("minilm_encoder", "minilm_tokenizer"):
+        m = p.model(name)
+        assert m.batching.max_queue_size > 0 and m.instances[0].count == defaults.MIN_INSTANCES_WITH_QUEUE_POLICY
+        assert "500 ms idle re-check" in decision(p, name, "instances").reason
+
+
 @pytest.mark.parametrize(("cores", "count", "threads"), [
-    (1, 1, 1), (2, 2, 1), (3, 3, 1), (4, 4, 1), (6, 6, 1), (8, 8, 1), (16, 8, 2), (64, 8, 8),
+    (1, 2, 1), (2, 2, 1), (3, 3, 1), (4, 4, 1), (6, 6, 1), (8, 8, 1), (16, 8, 2), (64, 8, 8),
 ])
 @pytest.mark.parametrize(("server", "gpu"), [("ngc", None), ("embedded", None)])
 def test_cpu_instances_never_oversubscribe(server, gpu, cores, count, threads):
-    """Prevents CPU instances x intra-op threads exceeding the cores the server may use (thrashing tail latency)."""
+    """Prevents CPU instances x intra-op threads exceeding the cores the server may use (thrashing tail latency);
+    a single core still gets the bounded queue's second instance (one thread each)."""
     p = plan(SPEC, hardware(gpu, cores=cores), server_target(server))
     enc = p.model("minilm_encoder")
     [group] = enc.instances
     got_threads = int(dict(enc.parameters)["intra_op_thread_count"])
     assert (group.kind, group.count, got_threads) == ("KIND_CPU", count, threads)
-    assert group.count * got_threads <= cores
+    assert group.count * got_threads <= max(cores, defaults.MIN_INSTANCES_WITH_QUEUE_POLICY)
     assert f"of {cores} cores" in decision(p, "minilm_encoder", "instances").reason
 
 
 # --- batching ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("budget_ms", "timeout_us"), [(0.1, 500_100), (10, 510_000), (250, 750_000), (500, 1_000_000),
+                                                      (5000, 10_000_000)])
+def test_queue_timeout_leaves_room_for_the_batchers_recheck(budget_ms, timeout_us):
+    """Prevents a queue timeout inside Triton's 500 ms batcher re-check turning a late pick-up into an error."""
+    assert queue_timeout_us(budget_ms) == timeout_us
+
 
 @pytest.mark.parametrize(("budget_ms", "delay_us"), [(0.1, 5), (10, 500), (40, 2000), (250, 2000), (5000, 2000)])
 def test_queue_delay_is_a_small_share_of_the_budget(budget_ms, delay_us):
@@ -210,7 +233,7 @@ def test_queue_delay_is_a_small_share_of_the_budget(budget_ms, delay_us):
     p = plan(variant(p99_budget_ms=budget_ms), hardware("T4"), server_target("ngc"))
     q = p.model("minilm_encoder").batching
     assert q.max_queue_delay_us == delay_us
-    assert q.timeout_us == int(budget_ms * 1000 * defaults.QUEUE_TIMEOUT_BUDGET_SHARE)
+    assert q.timeout_us == queue_timeout_us(budget_ms)
     assert str(delay_us) in decision(p, "minilm_encoder", "dynamic_batching").reason
 
 
@@ -221,7 +244,7 @@ def test_cpu_batching_has_no_delay_but_a_bounded_queue(server):
     for name in ("minilm_encoder", "minilm_tokenizer"):
         q = p.model(name).batching
         assert q.max_queue_delay_us == 0 and q.max_queue_size > 0
-        assert q.timeout_us == int(SPEC.models[0].p99_budget_ms * 1000 * defaults.QUEUE_TIMEOUT_BUDGET_SHARE)
+        assert q.timeout_us == queue_timeout_us(SPEC.models[0].p99_budget_ms)
     assert "no batching delay" in decision(p, "minilm_encoder", "dynamic_batching").reason
 
 
@@ -230,6 +253,7 @@ def test_unbatched_model_has_no_batcher():
     p = plan(variant(max_batch_size=0), hardware(None), server_target("embedded"))
     ens, tok, enc = p.models
     assert enc.batching is None and tok.batching is None
+    assert tok.instances[0].count == 1, "no bounded queue, no second instance"
     assert enc.max_batch_size == tok.max_batch_size == ens.max_batch_size == 0
     assert not any(t.ragged for t in enc.inputs), "no batching, nothing to pad"
     assert not any(d.key in ("dynamic_batching", "ragged_batch") for d in p.decisions)
@@ -406,7 +430,7 @@ def test_mixed_fleet_plan_for_one_type_pins_its_gpus():
     t4 = hw.gpus[0]
     p = plan(SPEC, hw, server_target("ngc"), gpu=t4)
     [group] = p.model("minilm_encoder").instances
-    assert (group.kind, group.count, group.gpus) == ("KIND_GPU", 1, (0, 2))
+    assert (group.kind, group.count, group.gpus) == ("KIND_GPU", 2, (0, 2))  # 2: bounded queue
 
 
 def test_single_type_fleet_is_not_pinned():

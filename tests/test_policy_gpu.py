@@ -86,7 +86,7 @@ def test_fleet_renders_one_variant_per_gpu_and_a_plan_file_per_architecture(tmp_
     text_format.Parse(files["minilm_encoder/configs/tesla-t4.pbtxt"].decode(), t4)
     h100 = model_config_pb2.ModelConfig()
     text_format.Parse(files["minilm_encoder/configs/h100-sxm.pbtxt"].decode(), h100)
-    assert (t4.instance_group[0].count, h100.instance_group[0].count) == (1, 2)
+    assert (t4.instance_group[0].count, h100.instance_group[0].count) == (2, 2)  # T4: raised for the bounded queue
     assert files["minilm_encoder/config.pbtxt"] == files["minilm_encoder/configs/tesla-t4.pbtxt"]
     render.write_repository(plans, tmp_path / "repo")
     assert render.check_repository(plans, tmp_path / "repo").clean

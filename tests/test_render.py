@@ -18,7 +18,7 @@ from tritonkit import defaults, render
 from tritonkit.catalogue import CATALOGUE
 from tritonkit.errors import UserError
 from tritonkit.hardware import declared
-from tritonkit.policy import plan
+from tritonkit.policy import plan, queue_timeout_us
 from tritonkit.servers import SERVERS
 from tritonkit.spec import load_spec
 
@@ -66,7 +66,7 @@ def test_encoder_config_carries_the_plan():
     q = config.dynamic_batching.default_queue_policy
     assert q.max_queue_size == enc.batching.max_queue_size > 0
     assert q.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
-    assert q.default_timeout_microseconds == int(SPEC.models[0].p99_budget_ms * 1000 * defaults.QUEUE_TIMEOUT_BUDGET_SHARE)
+    assert q.default_timeout_microseconds == queue_timeout_us(SPEC.models[0].p99_budget_ms)
     assert [i.name for i in config.input] == ["input_ids", "attention_mask"]
     assert list(config.input[0].dims) == [-1]
     assert config.model_warmup[0].inputs["input_ids"].zero_data

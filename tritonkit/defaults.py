@@ -49,13 +49,21 @@ VALIDATION_SENTENCES = (
 QUEUE_DELAY_BUDGET_SHARE = 0.05
 # ...but never more than this (beyond it batching buys little and tail latency pays).
 QUEUE_DELAY_MAX_US = 2_000
-# Requests waiting longer than this multiple of the p99 budget are rejected (shed load, don't queue
-# forever). Not 1x: on a busy 2-core host 2.51's batcher occasionally left a request queued past the
-# budget at concurrency 1-2 (about 1 in 2,000-6,000), and a request that is merely slow should be
-# answered late rather than failed; at 2x capacity the shedding still answered within ~0.7 s.
-QUEUE_TIMEOUT_BUDGET_SHARE = 2.0
 # Bounded queue: this many full batches may wait (beyond it, requests are rejected at once).
 QUEUE_BATCHES = 4
+# A bounded queue (any default_queue_policy) turns off the dynamic batcher's prefetching: it then wakes
+# for a new request only while an instance is parked waiting for work, and requests that arrive while
+# every instance is busy can sit until its idle re-check, every 500 ms (hard-coded in Triton's
+# dynamic_batch_scheduler.cc; upstream: triton-inference-server/server#8870). Measured on 2.51, bursts of
+# 2-12 requests after idle (benchmarks/queue_policy_bursts.py): with one tokenizer instance 7-8% were
+# rejected by a 500 ms queue timeout; two instances make the wait rare, and a timeout above the re-check
+# turns it into a late answer instead of an error.
+TRITON_BATCHER_RECHECK_US = 500_000
+MIN_INSTANCES_WITH_QUEUE_POLICY = 2
+# Requests queued longer than this multiple of the p99 budget are rejected (shed load, don't queue
+# forever), but never sooner than the batcher's re-check plus the budget (above). Not 1x: a request that
+# is merely slow should be answered late rather than failed.
+QUEUE_TIMEOUT_BUDGET_SHARE = 2.0
 
 # torch._inductor's SM threshold for max_autotune GEMMs (utils.is_big_gpu); read from the installed
 # torch at run time when it imports (tritonkit/torch_facts.py), this value only when it does not.

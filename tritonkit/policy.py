@@ -174,21 +174,46 @@ def gpu_instances(gpu: GPU, backend: str = "") -> tuple[int, str]:
                    ("leave room to overlap two requests" if count > 1 else "are too few to share between instances"))
 
 
-def cpu_instances(cores: int) -> tuple[int, int, str]:
-    count = max(1, min(cores, CPU_INSTANCES_MAX))
+def cpu_instances(cores: int, minimum: int = 1) -> tuple[int, int, str]:
+    count = max(minimum, min(cores, CPU_INSTANCES_MAX))
     threads = max(1, cores // count)
-    return count, threads, (f"{count} instance(s) x {threads} intra-op thread(s) = {count * threads} of "
-                            f"{cores} cores: no oversubscription; independent sessions batch better than one "
-                            "session's threads")
+    why = (f"{count} instance(s) x {threads} intra-op thread(s) = {count * threads} of {cores} cores: "
+           "independent sessions batch better than one session's threads")
+    if count > cores:
+        return count, threads, why + "; " + QUEUED_LONE_INSTANCE
+    return count, threads, why + "; no oversubscription"
+
+
+QUEUED_LONE_INSTANCE = (f"at least {defaults.MIN_INSTANCES_WITH_QUEUE_POLICY} because the queue is bounded: Triton's "
+                        "batcher then leaves requests that arrive while every instance is busy until its "
+                        f"{defaults.TRITON_BATCHER_RECHECK_US // 1000} ms idle re-check "
+                        "(triton-inference-server/server#8870); a lone instance is busy most often")
+
+
+def queued_gpu_instances(count: int, bounded: bool) -> tuple[int, str]:
+    """GPU instances raised to the bounded-queue minimum (see defaults.MIN_INSTANCES_WITH_QUEUE_POLICY)."""
+    if not bounded or count >= defaults.MIN_INSTANCES_WITH_QUEUE_POLICY:
+        return count, ""
+    return defaults.MIN_INSTANCES_WITH_QUEUE_POLICY, f"; raised to {defaults.MIN_INSTANCES_WITH_QUEUE_POLICY}: " + \
+        QUEUED_LONE_INSTANCE
 
 
 # --- batching --------------------------------------------------------------------------------------
 
+def queue_timeout_us(budget_ms: float) -> int:
+    """Queue timeout: twice the p99 budget, and never inside Triton's 500 ms batcher re-check + the budget."""
+    budget_us = budget_ms * 1000
+    return int(max(budget_us * defaults.QUEUE_TIMEOUT_BUDGET_SHARE, defaults.TRITON_BATCHER_RECHECK_US + budget_us))
+
+
 def batching(model: ModelSpec, on_gpu: bool) -> tuple[Batching, str]:
     budget_us = model.p99_budget_ms * 1000
     size = model.max_batch_size * defaults.QUEUE_BATCHES
-    timeout = int(budget_us * defaults.QUEUE_TIMEOUT_BUDGET_SHARE)
-    bound = f"queue bounded at {size} requests and {timeout} us so overload is rejected, not queued without end"
+    timeout = queue_timeout_us(model.p99_budget_ms)
+    bound = (f"queue bounded at {size} requests and {timeout} us (max of {defaults.QUEUE_TIMEOUT_BUDGET_SHARE:g}x "
+             f"the budget and the batcher's {defaults.TRITON_BATCHER_RECHECK_US // 1000} ms re-check + the budget, "
+             "so a request the batcher picks up late is still served) so overload is rejected, not queued "
+             "without end")
     if not on_gpu:
         # A busy CPU instance lets the queue fill by itself; waiting while one is idle only adds latency
         # (measured: 2 ms of delay cost 2 ms at concurrency 1 and bought no throughput).
@@ -273,13 +298,18 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
     params: list[tuple[str, str]] = []
     if device is not None:
         count, why = gpu_instances(device, row.backend)
+        count, raised = queued_gpu_instances(count, bounded=model.max_batch_size > 0)
+        why += raised
         count, mem_why = fit_instances(count, model, device)
+        if model.max_batch_size and count < defaults.MIN_INSTANCES_WITH_QUEUE_POLICY:
+            mem_why += "; with one instance a burst may wait for the batcher's 500 ms re-check"
         decide(name, "gpu_memory", f"{count} instance(s)", mem_why)
         # Pin GPUs only on a mixed host; otherwise "all GPUs" keeps the config portable across hosts.
         pinned = tuple(g.index for g in hw.gpus if g.name == device.name) if len(hw.gpu_types()) > 1 else ()
         groups = (InstanceGroup("KIND_GPU", count, pinned),)
     else:
-        count, threads, why = cpu_instances(hw.cpu_cores)
+        count, threads, why = cpu_instances(
+            hw.cpu_cores, defaults.MIN_INSTANCES_WITH_QUEUE_POLICY if model.max_batch_size else 1)
         groups = (InstanceGroup("KIND_CPU", count),)
         params.append(("intra_op_thread_count", str(threads)))
     decide(name, "instances", f"{count} x {groups[0].kind}", why)
@@ -336,9 +366,10 @@ def _text_embedding(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: G
     encoder = _encoder(model, enc_name, hw, server, gpu, caps, fleet_ccs, decide)
     mbs = model.max_batch_size
     text = TensorConfig(model.text_input, "BYTES", (1,) if mbs else (-1,))
-    tok_queue = None
+    tok_queue, tok_count = None, 1
     if mbs:
         tok_queue, _ = batching(model, on_gpu=False)
+        tok_count = defaults.MIN_INSTANCES_WITH_QUEUE_POLICY
     # Requests padded to a multiple of this many tokens: C++ backends only batch equal shapes, so
     # bucketing sequence lengths lets the dynamic batcher combine more requests.
     pad_multiple = 1 if encoder.backend == "python" else 16
@@ -346,15 +377,15 @@ def _text_embedding(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: G
         name=tok_name, role="tokenizer", source_model=model.name, backend="python", runtime="tokenizers",
         max_batch_size=mbs, inputs=(text,),
         outputs=tuple(TensorConfig(t.name, t.dtype, model.triton_dims(t)) for t in model.inputs),
-        instances=(InstanceGroup("KIND_CPU", 1),), batching=tok_queue,
+        instances=(InstanceGroup("KIND_CPU", tok_count),), batching=tok_queue,
         parameters=(("tokenizer_file", "tokenizer.json"), ("meta_file", "tokenizer_meta.json"),
                     ("max_length", str(_size(model, model.inputs[0].dims[-1], "max"))),
                     ("pad_to_multiple_of", str(pad_multiple))),
         artifacts=("tokenizer.json", "tokenizer_meta.json"), code_template="tokenizer.py.j2")
     decide(tok_name, "backend", "python (tokenizers)", "tokenization is Python-side work; the Rust `tokenizers` "
            "library encodes a whole batch in one call")
-    decide(tok_name, "instances", "1 x KIND_CPU", "a batched tokenizer call takes well under a millisecond; "
-           "cores are left to the encoder")
+    decide(tok_name, "instances", f"{tok_count} x KIND_CPU", "a batched tokenizer call takes well under a "
+           "millisecond, so one instance would do the work" + (f"; {QUEUED_LONE_INSTANCE}" if tok_count > 1 else ""))
     if pad_multiple > 1:
         decide(tok_name, "pad_to_multiple_of", str(pad_multiple), "the encoder backend batches only equal shapes; "
                "bucketed lengths let more requests share a batch")

@@ -67,15 +67,20 @@ def write_model(repo: Path, name: str, *, delay_s: float = 0.0, max_batch_size: 
     return repo / name
 
 
-def load_soak():
-    """benchmarks/soak.py as a module (benchmarks/ is not a package)."""
-    if "tritonkit_soak" in sys.modules:
-        return sys.modules["tritonkit_soak"]
-    spec = importlib.util.spec_from_file_location("tritonkit_soak", ROOT / "benchmarks" / "soak.py")
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    key = f"tritonkit_{name}"
+    if key in sys.modules:
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(key, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["tritonkit_soak"] = module  # dataclasses resolve their module through sys.modules
+    sys.modules[key] = module  # dataclasses resolve their module through sys.modules
     spec.loader.exec_module(module)
     return module
+
+
+def load_soak():
+    return load_benchmark("soak")
 
 
 # --- raw HTTP ------------------------------------------------------------------------------------
