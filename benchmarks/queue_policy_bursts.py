@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Bursts after idle against a bounded queue: why queued models get two instances and a timeout > 500 ms.
+"""Bursts after idle against bounded queues: why queued models get >= 2 instances and a timeout > 500 ms.
 
 A bounded queue (`dynamic_batching.default_queue_policy` with a timeout or a size) turns off Triton's
 batcher prefetching; the batcher then wakes for a new request only while an instance is parked waiting
@@ -11,15 +11,15 @@ The MiniLM ensemble as the policy renders it for this host is served three ways 
 tritonserver, each driven with bursts of `width` simultaneous requests (one sentence each, gRPC) with
 `--gap` seconds of idle between bursts:
 
-  * plan:            the kit's plan (bounded queues, >= 2 instances each, timeout 500 ms + budget)
-  * one_instance:    one tokenizer instance and a 2x-budget (500 ms) timeout: the plan before these rules
-  * unbounded_queue: one tokenizer instance and no queue policy (Triton's defaults; no overload shedding)
+  * plan:            the kit's plan: bounded queues, >= 2 instances each, timeout 500 ms + budget
+  * previous:        the plan before these rules: one tokenizer instance, timeouts 2x the budget (500 ms)
+  * unbounded_queue: no queue policy anywhere (Triton's defaults; overload is then not shed at all)
 
 Writes <out>/queue_policy_bursts.json and .png; exits 1 when the kit's plan rejects any request.
 
     .venv/bin/python benchmarks/queue_policy_bursts.py [--rounds 60] [--widths 1,2,5,12] [--gap 0.3]
 
-`bursts` is also used by tests/reliability/test_bursts.py.
+`bursts` and `previous_rules` are also used by tests/reliability/test_bursts.py.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from tritonkit import defaults  # noqa: E402
 
-VARIANTS = ("plan", "one_instance", "unbounded_queue")
+VARIANTS = ("plan", "previous", "unbounded_queue")
 REQUEST_TIMEOUT_S = 10.0
 
 
@@ -96,17 +96,22 @@ def bursts(url: str, requests: list[bytes], rounds: int, width: int, gap_s: floa
     return run
 
 
-def single_tokenizer_instance(p, budget_ms: float, *, unbounded: bool = False):
-    """The plan with one tokenizer instance and every queue timeout at 2x the budget (the rules before
-    defaults.MIN_INSTANCES_WITH_QUEUE_POLICY), or with no queue policy at all (`unbounded`)."""
+def previous_rules(p, budget_ms: float):
+    """The plan as the rules before this benchmark made it: one tokenizer instance, queue timeouts 2x the
+    budget."""
+    timeout = int(budget_ms * 1000 * defaults.QUEUE_TIMEOUT_BUDGET_SHARE)
     def change(m):
         if m.batching is None:
             return m
-        batching = replace(m.batching, max_queue_size=0, timeout_us=0) if unbounded else \
-            replace(m.batching, timeout_us=int(budget_ms * 1000 * defaults.QUEUE_TIMEOUT_BUDGET_SHARE))
         instances = (replace(m.instances[0], count=1),) if m.role == "tokenizer" else m.instances
-        return replace(m, instances=instances, batching=batching)
+        return replace(m, instances=instances, batching=replace(m.batching, timeout_us=timeout))
     return replace(p, models=tuple(change(m) for m in p.models))
+
+
+def unbounded(p):
+    """The plan with no queue policy anywhere."""
+    return replace(p, models=tuple(m if m.batching is None else replace(m, batching=replace(
+        m.batching, max_queue_size=0, timeout_us=0)) for m in p.models))
 
 
 def plot(record: dict, path: Path) -> Path:
@@ -164,8 +169,7 @@ def main() -> int:
     model = spec.models[0]
     hw = detect()
     base = plan(spec, hw, SERVERS["embedded"])
-    plans = {"plan": base, "one_instance": single_tokenizer_instance(base, model.p99_budget_ms),
-             "unbounded_queue": single_tokenizer_instance(base, model.p99_budget_ms, unbounded=True)}
+    plans = {"plan": base, "previous": previous_rules(base, model.p99_budget_ms), "unbounded_queue": unbounded(base)}
     requests = text_requests(model.name, model.text_input, load_texts())
     work = Path(tempfile.mkdtemp(prefix="tk-bursts-"))
     results, version = {}, "?"

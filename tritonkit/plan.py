@@ -47,8 +47,12 @@ class InstanceGroup:
 @dataclass(frozen=True)
 class Batching:
     max_queue_delay_us: int
-    max_queue_size: int
-    timeout_us: int                 # queued longer than this -> rejected (UNAVAILABLE), load is shed
+    max_queue_size: int = 0         # 0 and 0: no default_queue_policy (unbounded; Triton's batcher prefetches)
+    timeout_us: int = 0             # queued longer than this -> rejected (UNAVAILABLE), load is shed
+
+    @property
+    def bounded(self) -> bool:
+        return bool(self.max_queue_size or self.timeout_us)
 
 
 @dataclass(frozen=True)

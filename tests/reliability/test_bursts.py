@@ -48,20 +48,23 @@ def test_bursts_after_idle_are_all_served(minilm_server, requests):
     assert not run.errors, sorted(set(run.errors))
 
 
-def test_a_lone_instance_behind_a_bounded_queue_stalls_on_the_embedded_triton(built_repo, tmp_path, requests):
-    """Pins the Triton defect the second instance works around. If this fails after a Triton upgrade, the
-    batcher is fixed and MIN_INSTANCES_WITH_QUEUE_POLICY can return to 1."""
+def test_the_previous_rules_stall_on_the_embedded_triton(built_repo, example_plan, tmp_path, requests):
+    """Pins the Triton defect these rules work around: the same repository with the tokenizer configured
+    by the rules before (one instance behind its bounded queue, timeout 2x the budget). If this fails after
+    a Triton upgrade, the batcher is fixed and MIN_INSTANCES_WITH_QUEUE_POLICY can return to 1."""
+    from tritonkit.render import render_files
     from tritonkit.serve import EmbeddedServer, ServerOptions
     repo = tmp_path / "repo"
     shutil.copytree(built_repo, repo)
-    config = repo / "minilm_tokenizer" / "config.pbtxt"
-    text, n = re.subn(r"(kind: KIND_CPU\s+count: )\d+", r"\g<1>1", config.read_text())
-    assert n == 1 and "default_queue_policy" in text
-    config.write_text(text)
+    budget_ms = load_spec(defaults.DEFAULT_SPEC).models[0].p99_budget_ms
+    previous = load_benchmark("queue_policy_bursts").previous_rules(example_plan, budget_ms)
+    config = render_files(previous)["minilm_tokenizer/config.pbtxt"]
+    assert b"default_queue_policy" in config and re.search(rb"count: 1\b", config)
+    (repo / "minilm_tokenizer" / "config.pbtxt").write_bytes(config)
     http, grpc, metrics = free_ports(3)
     with EmbeddedServer(ServerOptions(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics)) as s:
         run = load_benchmark("queue_policy_bursts").bursts(s.grpc_url, requests, ROUNDS, WIDTH, GAP_S)
-    _figure("one tokenizer instance", run)
+    _figure("previous rules", run)
     stalled = [ms for ms in run.latencies_ms if ms >= STALL_MS]
     assert run.errors or stalled, "no request waited for the batcher's re-check: the defect looks fixed"
     assert all("Request timeout expired" in e for e in run.errors), sorted(set(run.errors))
