@@ -302,7 +302,8 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
         why += raised
         count, mem_why = fit_instances(count, model, device)
         if model.max_batch_size and count < defaults.MIN_INSTANCES_WITH_QUEUE_POLICY:
-            mem_why += "; with one instance a burst may wait for the batcher's 500 ms re-check"
+            mem_why += (f"; with one instance a burst may wait for the batcher's "
+                        f"{defaults.TRITON_BATCHER_RECHECK_US // 1000} ms re-check")
         decide(name, "gpu_memory", f"{count} instance(s)", mem_why)
         # Pin GPUs only on a mixed host; otherwise "all GPUs" keeps the config portable across hosts.
         pinned = tuple(g.index for g in hw.gpus if g.name == device.name) if len(hw.gpu_types()) > 1 else ()
