@@ -266,19 +266,9 @@ def export_sentence_embedding(model_dir: Path, out_path: Path, *,
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))
     try:
         raw_path = tmp_dir / "raw.onnx"
-        with torch.no_grad(), warnings.catch_warnings():
-            # Known, checked-harmless noise of the TorchScript exporter on BERT: the deprecation notice,
-            # TracerWarnings on shape arithmetic that is constant for encoders (kv_length == mask length),
-            # and the "aten::index with negative indices" note (indices here are never negative).
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", message=r".*aten::index.*")
-            # torch < 2.5 has no `dynamo` argument (and only the TorchScript exporter)
-            choose = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-            torch.onnx.export(wrapper, (torch.from_numpy(ids), torch.from_numpy(mask)), str(raw_path),
-                              input_names=list(input_names), output_names=[output_name],
-                              dynamic_axes=dynamic_axes, opset_version=opset,
-                              do_constant_folding=True, **choose)
+        _torch_onnx_export(wrapper, (torch.from_numpy(ids), torch.from_numpy(mask)), raw_path,
+                           input_names=list(input_names), output_names=[output_name],
+                           dynamic_axes=dynamic_axes, opset=opset)
         model = onnx.load(str(raw_path))  # pulls in external data too, if the exporter wrote any
         _fix_output_dims(model, output_name, (axes.get(0, trace_shape[0]), hidden))
         model.doc_string = f"{model_dir.name}: mean pooling{' + L2 norm' if normalize else ''}"
@@ -302,6 +292,23 @@ def export_sentence_embedding(model_dir: Path, out_path: Path, *,
     inputs, outputs = read_onnx_signature(out_path)
     return ExportResult(path=out_path, opset=opset, exporter=f"{EXPORTER} torch {torch.__version__}",
                         inputs=inputs, outputs=outputs, seconds=time.perf_counter() - started)
+
+
+def _torch_onnx_export(module, args: tuple, path: Path, *, input_names: list[str], output_names: list[str],
+                       dynamic_axes: dict, opset: int) -> None:
+    """torch.onnx.export with the TorchScript exporter (dynamo=False), quiet about its known noise."""
+    import torch
+    with torch.no_grad(), warnings.catch_warnings():
+        # Known, checked-harmless noise of the TorchScript exporter: the deprecation notice, TracerWarnings
+        # on shape arithmetic that is constant for encoders (kv_length == mask length), and BERT's
+        # "aten::index with negative indices" note (indices there are never negative).
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*aten::index.*")
+        # torch < 2.5 has no `dynamo` argument (and only the TorchScript exporter)
+        choose = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, **choose)
 
 
 def _quiet_transformers() -> None:
@@ -900,14 +907,9 @@ def export_torch_onnx(module, example_inputs: Mapping[str, Any], out_path: Path,
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))
     try:
         raw = tmp_dir / "raw.onnx"
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            choose = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-            torch.onnx.export(module.eval(), tuple(example_inputs.values()), str(raw),
-                              input_names=list(example_inputs), output_names=list(output_names),
-                              dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()}, opset_version=opset,
-                              do_constant_folding=True, **choose)
+        _torch_onnx_export(module.eval(), tuple(example_inputs.values()), raw,
+                           input_names=list(example_inputs), output_names=list(output_names),
+                           dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()}, opset=opset)
         model = onnx.load(str(raw))
         model.metadata_props.add(key="tritonkit.exporter", value=f"{EXPORTER} torch {torch.__version__}")
         onnx.checker.check_model(model, full_check=True)
