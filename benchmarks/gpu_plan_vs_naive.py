@@ -6,12 +6,15 @@ For the GPU found here (detected, so a GPU limited by CUDA MPS shows its real SM
            instances, dynamic batching),
   naive  - FP32 eager PyTorch, one instance, no dynamic batching (the same model code),
   big    - only when this GPU has fewer SMs than torch's max-autotune threshold: the plan made for
-           a full H100 SXM (max-autotune, 2 instances), run on this small GPU.
+           a full H100 SXM (max-autotune, 2 instances) at the small plan's precision, run on this small GPU.
 Each is rendered, built (validated against sentence-transformers), served and driven with the
 same MiniLM workload (real sentences, one per request, gRPC) over a concurrency sweep. The server
 log is searched for "Not enough SMs to use max_autotune_gemm mode". Writes JSON + PNG.
 
     python benchmarks/gpu_plan_vs_naive.py --out reports/gpu [--source DIR] [--concurrency 1,4,16,64]
+
+The server's python models run in this Python's environment unless $TRITONKIT_STUB_PYTHON names another
+(it must have NumPy 1: tritonkit/stub_env.py says why).
 """
 
 from __future__ import annotations
@@ -29,16 +32,6 @@ sys.path.insert(0, str(ROOT))
 from tritonkit import defaults  # noqa: E402
 
 SM_WARNING = "Not enough SMs to use max_autotune_gemm mode"
-
-
-def server_env() -> dict[str, str]:
-    """TRITONKIT_SERVER_PYTHON_BIN goes first on the server's PATH. The embedded Triton 2.51 python stub
-    takes its Python environment from the first `python3` on PATH (it ignores PYTHONPATH) and, built
-    before NumPy 2, misreads BYTES tensors under NumPy 2 and aborts. On a host whose Python has NumPy 2,
-    point this at the bin folder of an environment with NumPy 1.x; this process keeps NumPy 2."""
-    import os
-    extra = os.environ.get("TRITONKIT_SERVER_PYTHON_BIN")
-    return {"PATH": os.pathsep.join((extra, os.environ.get("PATH", "")))} if extra else {}
 
 
 def with_source(spec_path: Path, source: str, out: Path) -> Path:
@@ -69,7 +62,9 @@ def naive(plan):
     return replace(plan, models=tuple(models))
 
 
-def run_config(name, plan, spec, work: Path, levels, requests, log):
+def run_config(name, plan, spec, work: Path, levels, requests, log, tag=None):
+    """Render, build, serve and bench one config; `tag` names this run's files (default: the config)."""
+    tag = tag or name
     from tritonkit.bench import run_bench, write_report
     from tritonkit.build import build
     from tritonkit.render import write_repository
@@ -79,21 +74,20 @@ def run_config(name, plan, spec, work: Path, levels, requests, log):
     repo = work / f"{name}_repo"
     write_repository(plan, repo)
     built = build(plan, repo, spec=spec, progress=False)
-    log(f"[{name}] built: " + "; ".join(r.summary() for r in built))
-    server = EmbeddedServer(ServerOptions(repository=repo, log_file=work / f"{name}_server.log",
-                                          extra_env=server_env()))
+    log(f"[{tag}] built: " + "; ".join(r.summary() for r in built))
+    server = EmbeddedServer(ServerOptions(repository=repo, log_file=work / f"{tag}_server.log"))
     started = time.perf_counter()
     try:
         server.start()
         server.wait_ready(timeout_s=900)
         ready_s = time.perf_counter() - started
-        log(f"[{name}] ready in {ready_s:.0f} s (includes torch.compile warm-up of every bucket)")
+        log(f"[{tag}] ready in {ready_s:.0f} s (includes torch.compile warm-up of every bucket)")
         report = run_bench(bench_target(spec.models[0], server.grpc_url, "grpc"), concurrency=levels,
                            requests_per_level=requests, warmup_requests=50, progress=False)
     finally:
         server.stop()
-    write_report(report, work, stem=f"bench_{name}")
-    server_log = (work / f"{name}_server.log").read_text(errors="replace")
+    write_report(report, work, stem=f"bench_{tag}")
+    server_log = (work / f"{tag}_server.log").read_text(errors="replace")
     enc = plan.model(f"{spec.models[0].name}_encoder")
     params = dict(enc.parameters)
     result = {
@@ -104,7 +98,7 @@ def run_config(name, plan, spec, work: Path, levels, requests, log):
                                                  "p90_ms", "p99_ms")} | {"server": lv.server} for lv in report.levels],
     }
     best = max(result["levels"], key=lambda lv: lv["items_per_s"])
-    log(f"[{name}] best {best['items_per_s']:.0f}/s at concurrency {best['concurrency']} (p99 {best['p99_ms']:.1f} ms); "
+    log(f"[{tag}] best {best['items_per_s']:.0f}/s at concurrency {best['concurrency']} (p99 {best['p99_ms']:.1f} ms); "
         f"SM warning in log: {result['sm_warning']}")
     return result
 
@@ -118,6 +112,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--configs", default="kit,naive,big", help="which of kit,naive,big to run")
     ap.add_argument("--precision", default=None, help="override the spec's precision request (e.g. fp32)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the configs this many times, order reversed every other round; medians are compared")
     args = ap.parse_args()
 
     from tritonkit.hardware import declared, detect
@@ -146,12 +142,24 @@ def main() -> int:
     kit = plan(spec, hw, SERVERS["embedded"], caps=caps)
     configs = {"kit": kit, "naive": naive(kit)}
     if hw.gpus[0].sm_count < sms:
-        configs["big"] = plan(spec, declared("H100"), SERVERS["embedded"], caps=caps)
+        # At the small plan's precision: the comparison is about the SM-dependent choices (compile mode,
+        # instances), and half precision may be refused here (policy.MPS_UNSAFE_PRECISIONS).
+        same = kit.model(f"{spec.models[0].name}_encoder").precision
+        big_spec = replace(spec, models=tuple(replace(m, precision=same) for m in spec.models))
+        configs["big"] = plan(big_spec, declared("H100"), SERVERS["embedded"], caps=caps)
     wanted = args.configs.split(",")
     levels = tuple(int(x) for x in args.concurrency.split(","))
-    results = {name: run_config(name, p, spec, args.out, levels, args.requests, log)
-               for name, p in configs.items() if name in wanted}
+    order = [name for name in configs if name in wanted]
+    rounds: dict[str, list[dict]] = {name: [] for name in order}
+    for i in range(args.rounds):
+        for name in (order if i % 2 == 0 else order[::-1]):  # neither config always runs first
+            tag = name if args.rounds == 1 else f"{name}_r{i + 1}"
+            rounds[name].append(run_config(name, configs[name], spec, args.out, levels, args.requests, log, tag))
+    results = {name: merge_rounds(runs) for name, runs in rounds.items()}
     best = {n: max(lv["items_per_s"] for lv in r["levels"]) for n, r in results.items()}
+    if args.rounds > 1:
+        for name, r in results.items():
+            log(f"{name}: best sentences/s per round {[round(x) for x in r['round_best']]}; levels below are medians")
     summary = {"hardware": hw.describe(), "gpu": hw.gpus[0].__dict__, "inductor_min_sms": sms,
                "decisions": [d.__dict__ for d in kit.decisions], "results": results, "best_items_per_s": best}
     if "naive" in best and "kit" in best:
@@ -164,6 +172,23 @@ def main() -> int:
     (args.out / "gpu_plan_vs_naive.log").write_text("\n".join(lines) + "\n")
     plot(results, args.out / "gpu_plan_vs_naive.png", hw.describe().split(";")[0])
     return 0
+
+
+def merge_rounds(runs: list[dict]) -> dict:
+    """One config's rounds as one result: per concurrency level the median throughput and latencies
+    (server breakdown of the last round); each round's best throughput kept under "round_best"."""
+    import statistics
+    merged = dict(runs[-1], sm_warning=any(r["sm_warning"] for r in runs),
+                  round_best=[max(lv["items_per_s"] for lv in r["levels"]) for r in runs])
+    merged["levels"] = []
+    for per_round in zip(*(r["levels"] for r in runs)):
+        level = dict(per_round[-1])
+        for key in ("items_per_s", "p50_ms", "p90_ms", "p99_ms"):
+            level[key] = statistics.median(lv[key] for lv in per_round)
+        for key in ("requests", "errors"):
+            level[key] = sum(lv[key] for lv in per_round)
+        merged["levels"].append(level)
+    return merged
 
 
 def plot(results: dict, path: Path, title: str) -> None:

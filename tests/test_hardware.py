@@ -14,7 +14,8 @@ import pytest
 
 from tritonkit.catalogue import ALIASES, CATALOGUE, GIB, GPU, PRECISION_MIN_CC, lookup, precisions_for
 from tritonkit.errors import UserError
-from tritonkit.hardware import Hardware, _detect_cuda_driver, _visible, declared, detect, host_cpu, resolve
+from tritonkit.hardware import (Hardware, _detect_cuda_driver, _visible, declared, detect, host_cpu, mps_limited,
+                                resolve)
 
 
 def _driver_loadable() -> bool:
@@ -359,3 +360,16 @@ def test_hardware_value_is_frozen_and_comparable():
     assert a == b and hash(a) == hash(b)
     with pytest.raises(AttributeError):
         a.cpu_cores = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("name", "sms", "env", "limited"), [
+    ("NVIDIA H100 80GB HBM3", 132, {}, False),
+    ("NVIDIA H100 80GB HBM3", 38, {}, True),                                        # limit set in the daemon
+    ("NVIDIA H100 80GB HBM3", 132, {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "30"}, True),
+    ("NVIDIA H100 80GB HBM3", 132, {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "100"}, False),
+    ("NVIDIA H100 80GB HBM3", 132, {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "lots"}, False),
+    ("Some Future GPU", 10, {}, False),                                               # unknown: no evidence
+    ("Tesla T4", 40, {}, False),
+])
+def test_mps_limit_is_recognised(name, sms, env, limited):
+    assert mps_limited(name, sms, env) is limited

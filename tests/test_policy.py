@@ -124,7 +124,7 @@ def test_example_spec_plans_everywhere(server, gpu):
         assert decision(p, "minilm_encoder", "backend").value == f"python ({runtime})"
         if gpu:
             threshold = defaults.INDUCTOR_MIN_SMS
-            mode = "max-autotune" if hw.gpus[0].sm_count >= threshold else "cudagraphs"
+            mode = "max-autotune" if hw.gpus[0].sm_count >= threshold else "max-autotune-aten-gemm"
             assert params["compile_mode"] == decision(p, "minilm_encoder", "torch_compile").value == mode
     else:
         assert not any(d.key == "ragged_batch" for d in p.decisions)
@@ -270,6 +270,27 @@ def test_no_reduced_precision_tolerance_means_fp32_even_on_h100():
     assert p.model("minilm_encoder").precision == "fp32"
     reason = decision(p, "minilm_encoder", "precision").reason
     assert "not fp16: no tolerance for it in the spec" in reason and "not bf16" in reason
+
+
+def _mps_h100(sms: int = 38) -> Hardware:
+    base = hardware("H100")
+    gpu = dataclasses.replace(base.gpus[0], sm_count=sms, mps_limited=True)
+    return dataclasses.replace(base, gpus=(gpu,))
+
+
+def test_mps_limited_gpu_gets_fp32_with_the_measured_reason():
+    """Prevents auto choosing FP16/BF16 where they were measured wrong (H100 under a CUDA MPS thread limit)."""
+    p = plan(load_spec(defaults.DEFAULT_SPEC), _mps_h100(), server_target("embedded"))
+    assert p.model("minilm_encoder").precision == "fp32"
+    reason = decision(p, "minilm_encoder", "precision").reason
+    assert "not fp16: the GPU's SMs are limited by CUDA MPS" in reason and "not bf16" in reason
+    assert "SMs limited by CUDA MPS" in decision(p, "server", "hardware").value
+
+
+def test_mps_limited_gpu_still_honours_a_requested_fp16():
+    """The rule only steers the automatic choice: a spec that asks for FP16 gets it (the build validates it)."""
+    p = plan(variant(precision="fp16"), _mps_h100(), server_target("embedded"))
+    assert p.model("minilm_encoder").precision == "fp16"
 
 
 def test_bf16_only_tolerance_on_h100_gives_bf16():

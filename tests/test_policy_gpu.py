@@ -34,7 +34,7 @@ def test_compile_mode_follows_the_sm_threshold_for_every_catalogue_gpu(gpu):
     p = plan(SPEC, declared(gpu), SERVERS["embedded"])
     sms = CATALOGUE[gpu.lower()].sm_count
     mode = dict(p.model("minilm_encoder").parameters)["compile_mode"]
-    assert mode == ("max-autotune" if sms >= 68 else "cudagraphs")
+    assert mode == ("max-autotune" if sms >= 68 else "max-autotune-aten-gemm")
     assert f"{sms} SMs" in _decision(p, "minilm_encoder", "torch_compile").reason
 
 
@@ -42,10 +42,10 @@ def test_compile_mode_uses_the_threshold_it_is_given():
     """The threshold is an input (read from torch at run time), not a constant buried in the policy."""
     h100 = declared("H100")
     assert dict(plan(SPEC, h100, SERVERS["embedded"], caps=Capabilities(inductor_min_sms=200))
-                .model("minilm_encoder").parameters)["compile_mode"] == "cudagraphs"
+                .model("minilm_encoder").parameters)["compile_mode"] == "max-autotune-aten-gemm"
     mps_limited = declared("sm=38,cc=9.0,mem=80GiB")  # an H100 under CUDA MPS at 30% of its SMs
     p = plan(SPEC, mps_limited, SERVERS["embedded"])
-    assert dict(p.model("minilm_encoder").parameters)["compile_mode"] == "cudagraphs"
+    assert dict(p.model("minilm_encoder").parameters)["compile_mode"] == "max-autotune-aten-gemm"
     assert "Not enough SMs" in _decision(p, "minilm_encoder", "torch_compile").reason
 
 

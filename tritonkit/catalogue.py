@@ -24,6 +24,7 @@ class GPU:
     compute_capability: tuple[int, int]
     memory_bytes: int
     index: int = 0
+    mps_limited: bool = False   # detected with fewer SMs than the device has: a CUDA MPS thread limit
 
     @property
     def cc(self) -> float:
@@ -38,7 +39,8 @@ class GPU:
         return precisions_for(self.compute_capability)
 
     def describe(self) -> str:
-        return (f"{self.name} ({self.sm_count} SMs, cc {self.compute_capability[0]}.{self.compute_capability[1]}, "
+        mps = ", SMs limited by CUDA MPS" if self.mps_limited else ""
+        return (f"{self.name} ({self.sm_count} SMs{mps}, cc {self.compute_capability[0]}.{self.compute_capability[1]}, "
                 f"{self.memory_gib:.0f} GiB)")
 
 

@@ -157,7 +157,7 @@ def _server_options(args):
     from .serve import ServerOptions
     return ServerOptions(repository=args.repo, address=args.address, http_port=args.http_port,
                          grpc_port=args.grpc_port, metrics_port=args.metrics_port, fail_fast=not args.degraded,
-                         log_file=args.log_file)
+                         log_file=args.log_file, stub_python=args.stub_python)
 
 
 def cmd_serve(args) -> int:
@@ -229,6 +229,9 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--degraded", action="store_true",
                    help="keep serving the models that loaded when one fails (default: fail fast, exit non-zero)")
     g.add_argument("--log-file", type=Path, default=None, help="tritonserver log (default: a temp file)")
+    g.add_argument("--stub-python", type=Path, default=None,
+                   help="Python (interpreter or bin folder) whose environment runs the python-backend models; it "
+                        "needs numpy<2 (default: $TRITONKIT_STUB_PYTHON, else the Python running tritonkit)")
 
 
 def _concurrency(text: str) -> tuple[int, ...]:

@@ -200,6 +200,9 @@ def serve_in_docker(options, image: str | None = None, *, on_ready=None) -> int:
     if not options.fail_fast:
         raise UserError("--degraded is not available with --docker: the container stops on any model that "
                         "fails to load", fix="fix the model, or serve without --docker")
+    if options.stub_python is not None:
+        raise UserError("--stub-python is not available with --docker: the image brings its own Python "
+                        "environment", where="--stub-python", fix="drop --stub-python, or serve without --docker")
     if not Path(options.repository).is_dir():
         raise UserError("model repository does not exist or is not a directory", where=str(options.repository),
                         fix="render one first (`tritonkit render`) or pass the right --repository")

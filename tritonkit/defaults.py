@@ -17,6 +17,9 @@ NGC_TENSORRT_VERSION = "10.13.3"   # TensorRT inside both NGC images of NGC_RELE
 NGC_SECURE_FLOOR = "25.07"
 # Embedded server: the tritonserver binary bundled in the PyPI wheel nvidia-pytriton==0.7.0.
 EMBEDDED_TRITON_VERSION = "2.51.0"  # Triton 24.10 era: development/CI use only (predates 2025 fixes)
+# Its python backend stub was built before NumPy 2: under NumPy 2 it misreads BYTES tensors (seen on an
+# H100 host: the tokenizer aborted in deserialize_bytes_tensor), so the stub's environment must have NumPy 1.
+STUB_NUMPY_MAX_MAJOR = 1
 
 # --- Paths ---------------------------------------------------------------------------------------
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

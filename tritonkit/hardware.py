@@ -77,8 +77,22 @@ def _detect_cuda_driver() -> tuple[GPU, ...]:
         mem = ctypes.c_size_t()
         lib.cuDeviceTotalMem_v2(ctypes.byref(mem), dev)
         gpus.append(GPU(name=name.value.decode(), sm_count=attrs["sm"],
-                        compute_capability=(attrs["major"], attrs["minor"]), memory_bytes=mem.value, index=i))
+                        compute_capability=(attrs["major"], attrs["minor"]), memory_bytes=mem.value, index=i,
+                        mps_limited=mps_limited(name.value.decode(), attrs["sm"], os.environ)))
     return tuple(gpus)
+
+
+def mps_limited(name: str, sm_count: int, env) -> bool:
+    """Whether this process sees the GPU through a CUDA MPS thread limit: the client asked for one
+    (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE below 100), or the driver reports fewer SMs than the catalogue's
+    entry for this name (a limit set in the MPS daemon instead)."""
+    try:
+        if float(env.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "100")) < 100:
+            return True
+    except ValueError:
+        pass
+    known = lookup(name)
+    return known is not None and sm_count < known.sm_count
 
 
 def _detect_nvml() -> tuple[GPU, ...]:

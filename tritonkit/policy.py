@@ -83,6 +83,11 @@ def choose_backend(model: ModelSpec, server: ServerTarget, gpu: GPU | None, caps
 # Order tried when the spec says "auto": FP16 first (10 mantissa bits, best-supported reduced precision
 # in TensorRT and Triton), BF16 next (range of FP32, for models that overflow FP16), FP32 last.
 AUTO_PRECISION_ORDER = ("fp16", "bf16", "fp32")
+# Not chosen automatically on a GPU seen through a CUDA MPS thread limit: on an H100 at
+# CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30 (driver 580.159, torch 2.11+cu130), a plain FP16 GEMM (64x384 @ 384x1152)
+# returned NaN and the MiniLM encoder's FP16 output had min cosine 0.065 vs FP32 (BF16 likewise), while the
+# full GPU was exact (benchmarks/results/gpu/README.md). A spec may still request them; the build validates.
+MPS_UNSAFE_PRECISIONS = frozenset({"fp16", "bf16"})
 # Precisions that change the numbers enough to need calibration data or a pre-quantized model.
 NEEDS_CALIBRATION = frozenset({"int8", "fp8", "fp4"})
 # What each backend row can execute (ONNX Runtime on CPU and the python/onnxruntime path: FP32 only;
@@ -143,6 +148,9 @@ def _refusal(p: str, model: ModelSpec, supported: frozenset[str], gpu: GPU, back
         return f"the {backend} backend cannot run it"
     if gpu.compute_capability < PRECISION_MIN_CC[p]:
         return f"{gpu.name} is cc {gpu.cc:.1f}, {p.upper()} needs >= {'.'.join(map(str, PRECISION_MIN_CC[p]))}"
+    if gpu.mps_limited and p in MPS_UNSAFE_PRECISIONS:
+        return (f"the GPU's SMs are limited by CUDA MPS, where {p.upper()} cuBLAS GEMMs returned NaN or wrong values "
+                "on an H100 (driver 580, CUDA 13.0); ask for it in the spec to try it (the build validates it)")
     return None
 
 
@@ -254,13 +262,15 @@ def compile_mode(gpu: GPU, caps: Capabilities) -> tuple[str, str]:
     if gpu.sm_count >= caps.inductor_min_sms:
         return "max-autotune", (f"{gpu.sm_count} SMs >= {caps.inductor_min_sms} ({caps.inductor_source}): "
                                 "autotuned GEMM kernels pay off; CUDA graphs remove launch overhead")
-    # Not inductor at all: it consults is_big_gpu() (and warns) on paths beyond max-autotune; measured on
-    # an H100 limited to 38 SMs by CUDA MPS, mode="reduce-overhead" printed the warning both with default
-    # and with cuBLAS-only GEMMs, while the cudagraphs backend did not.
-    return "cudagraphs", (f"{gpu.sm_count} SMs < {caps.inductor_min_sms} ({caps.inductor_source}): max-autotune "
-                          "would print 'Not enough SMs to use max_autotune_gemm mode' and skip GEMM autotuning; "
-                          "the cudagraphs backend replays the eager kernels as CUDA graphs: no inductor, no "
-                          "autotuning, no warning")
+    # Inductor checks the SM count (and warns) when it lowers a GEMM, in every mode: measured on an H100
+    # limited to 38 SMs by CUDA MPS, mode="reduce-overhead" warned too. So GEMMs are kept from it as opaque
+    # cuBLAS ops (bert_encoder.opaque_gemms): what it would have chosen below the threshold anyway. The
+    # rest of max-autotune (tuned fused kernels, CUDA graphs) stays.
+    return "max-autotune-aten-gemm", (
+        f"{gpu.sm_count} SMs < {caps.inductor_min_sms} ({caps.inductor_source}): inductor would print 'Not enough "
+        "SMs to use max_autotune_gemm mode' and fall back to cuBLAS GEMMs; max-autotune with the GEMMs handed "
+        "to cuBLAS as opaque ops keeps its tuned fused kernels and CUDA graphs, and inductor never makes the "
+        "SM check")
 
 
 def fit_instances(count: int, model: ModelSpec, gpu: GPU) -> tuple[int, str]:

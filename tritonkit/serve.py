@@ -48,7 +48,9 @@ from tritonkit.defaults import (
     WATCHDOG_INTERVAL_S,
     WATCHDOG_STOP_S,
 )
+from tritonkit import stub_env
 from tritonkit.errors import UserError
+from tritonkit.stub_env import StubEnvironment
 
 LOG = logging.getLogger(__name__)
 
@@ -220,11 +222,13 @@ class ServerOptions:
     extra_env: Mapping[str, str] = field(default_factory=dict, hash=False)  # added to the server's env
     restricted_apis: tuple[str, ...] = DEFAULT_RESTRICTED_APIS  # see DEFAULT_RESTRICTED_APIS for the why
     strict_model_config: bool = False  # --disable-auto-complete-config: config.pbtxt must be complete
+    stub_python: Path | None = None    # Python whose environment the python backend stub uses (tritonkit.stub_env)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "repository", Path(self.repository))
-        if self.log_file is not None:
-            object.__setattr__(self, "log_file", Path(self.log_file))
+        for name in ("log_file", "stub_python"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
         object.__setattr__(self, "restricted_apis", tuple(self.restricted_apis))
         object.__setattr__(self, "extra_env", MappingProxyType(dict(self.extra_env)))  # read-only copy
         ports = {"http": self.http_port, "grpc": self.grpc_port, "metrics": self.metrics_port}
@@ -375,6 +379,7 @@ class EmbeddedServer:
         self.models: dict[str, str] = {}          # name -> state, from the repository index once ready
         self.failed_models: dict[str, str] = {}   # name -> reason (only possible with fail_fast=False)
         self._healthy: dict[str, int] | None = None  # model -> stub count, set by mark_healthy()
+        self._stub_env: StubEnvironment | None = None
 
     # -- addresses
     @property
@@ -413,9 +418,16 @@ class EmbeddedServer:
         return self._proc.poll() if self._proc else None
 
     @property
+    def stub_environment(self) -> StubEnvironment:
+        """The Python the python backend stub will run models in, probed once (UserError if unusable)."""
+        if self._stub_env is None:
+            self._stub_env = stub_env.resolve(self.options.stub_python)
+        return self._stub_env
+
+    @property
     def triton(self) -> EmbeddedTriton:
         if self._triton is None:
-            self._triton = find_embedded_triton()
+            self._triton = find_embedded_triton(python_version=self.stub_environment.version)
         return self._triton
 
     def command(self) -> list[str]:
@@ -450,10 +462,10 @@ class EmbeddedServer:
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             p for p in (str(self.triton.lib_dir), env.get("LD_LIBRARY_PATH", "")) if p)
-        # The python backend stub embeds libpython and takes its sys.prefix from the first `python3`
-        # on PATH: put this venv's first, or models fail with ModuleNotFoundError (numpy, onnxruntime).
-        env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
         env.update(self.options.extra_env)
+        # The python backend stub embeds libpython and takes its sys.prefix from the first `python3`
+        # on PATH: the checked environment goes first (tritonkit.stub_env).
+        env["PATH"] = os.pathsep.join(p for p in (str(self.stub_environment.bin_dir), env.get("PATH", "")) if p)
         return env
 
     # -- lifecycle
@@ -470,7 +482,7 @@ class EmbeddedServer:
         self._check_configs()
         for name, port in (("http", o.http_port), ("grpc", o.grpc_port), ("metrics", o.metrics_port)):
             _check_port_free(o.address, port, name)
-        triton = self.triton  # may raise UserError (not installed)
+        triton = self.triton  # may raise UserError (not installed; stub environment unusable)
 
         if o.log_file is not None:
             self._log_path = o.log_file
@@ -558,7 +570,7 @@ class EmbeddedServer:
                     what += f": model(s) failed to load: {', '.join(failed)}"
                 fix = "fix the model named above (its config.pbtxt or model.py)"
                 if "ModuleNotFoundError" in log:
-                    fix = f"install the missing module into the Python that runs the models ({sys.executable})"
+                    fix = f"install the missing module into the Python that runs the models ({self.stub_environment.python})"
                 raise UserError(f"{what}\n{self.log_excerpt()}", where=str(self.options.repository),
                                 fix=f"{fix}; full log: {self._log_path}")
             if self._poll():

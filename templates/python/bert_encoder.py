@@ -73,6 +73,37 @@ class BertEncoder(torch.nn.Module):
         return F.normalize(pooled, p=2.0, dim=1)
 
 
+def opaque_gemms(model):
+    """Run every Linear of `model` through `tritonkit::linear`, an op torch.compile cannot look into
+    (cuBLAS at run time, like eager). Inductor still fuses and graph-captures everything around it, but
+    never lowers a GEMM: its GEMM lowering is where it checks the SM count (torch._inductor.utils.is_big_gpu)
+    and, on a GPU below its threshold, prints "Not enough SMs to use max_autotune_gemm mode" before
+    choosing cuBLAS anyway. Same numbers as eager (the same cuBLAS calls)."""
+    _register_linear()
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = _OpaqueLinear
+    return model
+
+
+class _OpaqueLinear(torch.nn.Linear):
+    def forward(self, x):
+        return torch.ops.tritonkit.linear(x, self.weight, self.bias)
+
+
+def _register_linear():
+    if hasattr(torch.ops.tritonkit, "linear"):  # this module may be loaded more than once per process
+        return
+
+    @torch.library.custom_op("tritonkit::linear", mutates_args=())
+    def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight, bias)
+
+    @linear.register_fake
+    def _(x, weight, bias):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
 def _rename(state):
     """Hugging Face BertModel names -> this module's (q/k/v fused into one matmul)."""
     state = {k.removeprefix("bert."): v for k, v in state.items() if not k.startswith(("pooler.", "bert.pooler."))}
