@@ -8,22 +8,16 @@ dynamic shapes, and the numbers are those of the plain module.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from tritonkit import defaults
+from tritonkit.torch_export import bert_module
 
 torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
 def bert():
-    spec = importlib.util.spec_from_file_location("bert_encoder_test",
-                                                  defaults.PROJECT_ROOT / "templates" / "python" / "bert_encoder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bert_module()
 
 
 def _encoder(bert):
@@ -66,10 +60,8 @@ def test_compiled_graph_has_no_gemm_and_same_numbers(bert):
 
 
 def test_loading_the_module_twice_registers_the_op_once(bert):
-    spec = importlib.util.spec_from_file_location("bert_encoder_again",
-                                                  defaults.PROJECT_ROOT / "templates" / "python" / "bert_encoder.py")
-    again = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(again)
+    again = bert_module()
+    assert again is not bert  # a second, fresh import of the same file
     model = again.opaque_gemms(_encoder(again))
     ids, mask = _inputs(2, 16)
     with torch.inference_mode():
