@@ -158,7 +158,7 @@ def _check_outputs(outputs: dict, spec_model: ModelSpec, which: str, where: str)
         if t.name not in outputs:
             raise UserError(f"the model has no output '{t.name}'", where=where, actual=sorted(outputs),
                             expected=[o.name for o in spec_model.outputs])
-        want = tuple(getattr(spec_model.axes[d], which) if isinstance(d, str) else d for d in t.dims)
+        want = spec_model.shape(t.dims, which)
         got = outputs[t.name]
         if tuple(got.shape) != want or str(got.dtype) != NUMPY_DTYPES.get(t.dtype, "?"):
             raise UserError(f"output '{t.name}' does not match the spec at the {which} shapes", where=where,
@@ -167,12 +167,12 @@ def _check_outputs(outputs: dict, spec_model: ModelSpec, which: str, where: str)
 
 def _check_onnx(ctx: BuildContext, path: Path) -> dict:
     """An ONNX file given as the source: its signature must be the spec's, and it must run at the opt shapes."""
-    from .export import TensorSig, check_signature, run_onnx, spec_shapes, synthetic_feeds
+    from .export import TensorSig, check_signature, run_onnx, synthetic_feeds
     sm = ctx.spec_model
     where = f"{sm.name}: source {sm.source.path}"
     check_signature(path, tuple(TensorSig(t.name, t.dtype, t.dims) for t in sm.inputs),
                     tuple(TensorSig(t.name, t.dtype, t.dims) for t in sm.outputs), where=where)
-    feeds = synthetic_feeds(sm.inputs, spec_shapes(sm, "opt"), defaults.VALIDATION_SEED)
+    feeds = synthetic_feeds(sm.inputs, sm.shapes(sm.inputs, "opt"), defaults.VALIDATION_SEED)
     _check_outputs(run_onnx(path, feeds), sm, "opt", where)
     return {"signature": "matches the spec",
             "smoke": {"runtime": "onnxruntime (CPU)", "shapes": {k: list(v.shape) for k, v in feeds.items()}}}

@@ -868,12 +868,6 @@ def synthetic_feeds(tensors: Sequence[Any], shapes: Mapping[str, Sequence[int]],
     return feeds
 
 
-def spec_shapes(spec_model, which: str) -> dict[str, tuple[int, ...]]:
-    """Each input's full shape with every named axis at its ``which`` ("min" | "opt" | "max") size."""
-    return {t.name: tuple(getattr(spec_model.axes[d], which) if isinstance(d, str) else d for d in t.dims)
-            for t in spec_model.inputs}
-
-
 def dynamic_axes_for(tensors: Sequence[Any]) -> dict[str, dict[int, str]]:
     """The spec's named axes as torch.onnx ``dynamic_axes``: ``{tensor: {dim index: axis name}}``.
 
@@ -1001,5 +995,5 @@ __all__ = [
     "resolve_sentence_transformer", "export_sentence_embedding", "read_onnx_signature", "check_signature",
     "validate_sentence_embedding", "copy_tokenizer", "export_tiny_onnx", "tiny_weights", "compare_outputs",
     "dynamic_axes_for", "export_torch_onnx", "run_onnx", "validate_onnx_against_torch", "sentence_features",
-    "source_sha256", "quantize_ops", "NUMPY_DTYPES", "synthetic_feeds", "spec_shapes",
+    "source_sha256", "quantize_ops", "NUMPY_DTYPES", "synthetic_feeds",
 ]

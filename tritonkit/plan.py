@@ -5,16 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .catalogue import GPU
+from .dtypes import DTYPES
 from .hardware import Hardware
 from .servers import ServerTarget
-
-# Triton config datatype for each spec dtype (BYTES is TYPE_STRING in model_config.proto).
-TRITON_TYPES = {
-    "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16", "UINT32": "TYPE_UINT32",
-    "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8", "INT16": "TYPE_INT16", "INT32": "TYPE_INT32",
-    "INT64": "TYPE_INT64", "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "BF16": "TYPE_BF16",
-    "BYTES": "TYPE_STRING",
-}
 
 
 @dataclass(frozen=True)
@@ -34,7 +27,7 @@ class TensorConfig:
 
     @property
     def data_type(self) -> str:
-        return TRITON_TYPES[self.dtype]
+        return DTYPES[self.dtype].config
 
 
 @dataclass(frozen=True)

@@ -242,11 +242,6 @@ def _tensors(model: ModelSpec, tensors: tuple[Tensor, ...], ragged: bool = False
                  for t in tensors)
 
 
-def _size(model: ModelSpec, dim: int | str, which: str) -> int:
-    """A concrete size for a dim: fixed dims are themselves, named axes their min/opt/max."""
-    return getattr(model.axes[dim], which) if isinstance(dim, str) else dim
-
-
 # Each backend row's files in the version folder (the build step produces them). TensorRT plans are
 # named per GPU architecture (plan_filename) so one repository can hold a plan for each.
 ROW_ARTIFACTS = {
@@ -293,7 +288,7 @@ def fit_instances(count: int, model: ModelSpec, gpu: GPU) -> tuple[int, str]:
 def profiles(model: ModelSpec) -> tuple[Profile, ...]:
     """One TensorRT profile spanning each named axis' min/opt/max (the batch axis included)."""
     def shapes(which: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-        return tuple((t.name, tuple(_size(model, d, which) for d in t.dims)) for t in model.inputs)
+        return tuple(model.shapes(model.inputs, which).items())
     return (Profile(min=shapes("min"), opt=shapes("opt"), max=shapes("max")),)
 
 
@@ -338,7 +333,7 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
         decide(name, "ragged_batch", "on", "model.py pads each batch to its longest request, so requests of "
                "different sequence lengths still share one execution")
     warmup = Warmup(batch_size=1, inputs=tuple(
-        (t.name, t.dtype, tuple(_size(model, d, "opt") for d in model.triton_dims_named(t)))
+        (t.name, t.dtype, model.shape(model.triton_dims_named(t), "opt"))
         for t in model.inputs))
     decide(name, "warmup", "1 request of typical shape", "readiness then means warm: the first real request "
            "is not the one that pays for lazy initialisation")
@@ -361,7 +356,7 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
     if row.runtime == "torch":
         mode, why = compile_mode(device, caps)
         decide(name, "torch_compile", mode, why)
-        params += [("compile_mode", mode), ("max_length", str(_size(model, model.inputs[0].dims[-1], "max")))]
+        params += [("compile_mode", mode), ("max_length", str(model.size(model.inputs[0].dims[-1], "max")))]
     return TritonModel(
         name=name, role="encoder" if model.pipeline != "none" else "model", source_model=model.name,
         backend=row.backend, runtime=row.runtime, precision=precision, max_batch_size=mbs,
@@ -390,7 +385,7 @@ def _text_embedding(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: G
         outputs=tuple(TensorConfig(t.name, t.dtype, model.triton_dims(t)) for t in model.inputs),
         instances=(InstanceGroup("KIND_CPU", tok_count),), batching=tok_queue,
         parameters=(("tokenizer_file", "tokenizer.json"), ("meta_file", "tokenizer_meta.json"),
-                    ("max_length", str(_size(model, model.inputs[0].dims[-1], "max"))),
+                    ("max_length", str(model.size(model.inputs[0].dims[-1], "max"))),
                     ("pad_to_multiple_of", str(pad_multiple))),
         artifacts=("tokenizer.json", "tokenizer_meta.json"), code_template="tokenizer.py.j2")
     decide(tok_name, "backend", "python (tokenizers)", "tokenization is Python-side work; the Rust `tokenizers` "

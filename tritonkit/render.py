@@ -33,9 +33,13 @@ VERSION = "1"
 
 def _environment():
     import jinja2
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(defaults.TEMPLATES_DIR)),
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                              autoescape=False)  # noqa: S701 - output is pbtxt/Python, not HTML
+
+    from .dtypes import dtype
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(defaults.TEMPLATES_DIR)),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             autoescape=False)  # noqa: S701 - output is pbtxt/Python, not HTML
+    env.filters["config_type"] = lambda name: dtype(name).config
+    return env
 
 
 def _tidy(text: str) -> bytes:

@@ -13,17 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .dtypes import ALIASES as DTYPE_ALIASES
+from .dtypes import DTYPES
 from .errors import UserError
 
-# Canonical Triton datatype names, and the spellings a spec may use for them.
-DTYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-          "FP16", "FP32", "FP64", "BF16", "BYTES")
-DTYPE_ALIASES = {
-    **{d.lower(): d for d in DTYPES},
-    "float16": "FP16", "half": "FP16", "float32": "FP32", "float": "FP32", "float64": "FP64",
-    "double": "FP64", "bfloat16": "BF16", "string": "BYTES", "str": "BYTES", "bytes": "BYTES",
-    "bool": "BOOL",
-}
 SOURCE_FORMATS = ("sentence-transformers", "onnx", "torchscript")
 PIPELINES = ("none", "text-embedding")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4")
@@ -89,6 +82,19 @@ class ModelSpec:
     def triton_dims(self, tensor: Tensor) -> tuple[int, ...]:
         """Dims as Triton's config wants them: named axes become -1."""
         return tuple(-1 if isinstance(d, str) else d for d in self.triton_dims_named(tensor))
+
+    # The one place a named axis becomes a size: ONNX validation inputs, TensorRT profiles, warmup
+    # requests, bench payloads and output checks all ask here.
+    def size(self, dim: int | str, which: str) -> int:
+        """A concrete size: fixed dims are themselves, named axes their ``which`` ("min" | "opt" | "max")."""
+        return getattr(self.axes[dim], which) if isinstance(dim, str) else dim
+
+    def shape(self, dims: tuple[int | str, ...], which: str) -> tuple[int, ...]:
+        return tuple(self.size(d, which) for d in dims)
+
+    def shapes(self, tensors: tuple[Tensor, ...], which: str) -> dict[str, tuple[int, ...]]:
+        """Each tensor's full shape (batch axis included) with every named axis at its ``which`` size."""
+        return {t.name: self.shape(t.dims, which) for t in tensors}
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,7 @@ def profiles_from_spec(spec_model) -> tuple[Profile, ...]:
 
     The same rule as policy.profiles; used when a plan carries no profiles (older plan.json)."""
     def shapes(which: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-        return tuple((t.name, tuple(getattr(spec_model.axes[d], which) if isinstance(d, str) else d for d in t.dims))
+        return tuple((t.name, spec_model.shape(t.dims, which))
                      for t in spec_model.inputs)
     return (Profile(min=shapes("min"), opt=shapes("opt"), max=shapes("max")),)
 

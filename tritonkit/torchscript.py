@@ -33,7 +33,7 @@ from .errors import UserError
 from .export import (EXPORTER, NUMPY_DTYPES, ValidationResult, _compare, _preview, _quiet_transformers,
                      load_transformer,
                      _sentence_embedding_module, _st_features, _st_layout, _trace_inputs, source_sha256,
-                     spec_shapes, synthetic_feeds)
+                     synthetic_feeds)
 
 TRACER = "torch.jit.trace"
 
@@ -111,7 +111,7 @@ def check_torchscript(pt_path: Path, spec_model) -> dict:
     module = load_torchscript(pt_path)
     runs = []
     for which in ("min", "opt"):
-        feeds = synthetic_feeds(spec_model.inputs, spec_shapes(spec_model, which), defaults.VALIDATION_SEED)
+        feeds = synthetic_feeds(spec_model.inputs, spec_model.shapes(spec_model.inputs, which), defaults.VALIDATION_SEED)
         try:
             with torch.no_grad():
                 out = module(*(torch.from_numpy(v) for v in feeds.values()))
@@ -124,7 +124,7 @@ def check_torchscript(pt_path: Path, spec_model) -> dict:
             raise UserError("the TorchScript model returns another number of outputs than the spec lists",
                             where=str(pt_path), actual=len(outs), expected=len(spec_model.outputs))
         for t, o in zip(spec_model.outputs, outs):
-            want = tuple(getattr(spec_model.axes[d], which) if isinstance(d, str) else d for d in t.dims)
+            want = spec_model.shape(t.dims, which)
             want_dtype = NUMPY_DTYPES.get(t.dtype)
             got = o.detach().cpu().numpy()
             if got.shape != want or str(got.dtype) != want_dtype:

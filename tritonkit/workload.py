@@ -23,8 +23,7 @@ def bench_target(model: ModelSpec, url: str, protocol: str, batch: int = 1):
         return BenchTarget(model=model.name, inputs=(TensorSpec(model.text_input, "BYTES", lead + (1,)),),
                            outputs=tuple(t.name for t in model.outputs), url=url, protocol=protocol,
                            texts=load_texts())
-    inputs = tuple(TensorSpec(t.name, t.dtype, lead + tuple(model.axes[d].opt if isinstance(d, str) else d
-                                                            for d in model.triton_dims_named(t)))
+    inputs = tuple(TensorSpec(t.name, t.dtype, lead + model.shape(model.triton_dims_named(t), "opt"))
                    for t in model.inputs)
     return BenchTarget(model=model.name, inputs=inputs, outputs=tuple(t.name for t in model.outputs), url=url,
                        protocol=protocol)
