@@ -65,15 +65,16 @@ def naive(plan):
 def run_config(name, plan, spec, work: Path, levels, requests, log, tag=None):
     """Render, build, serve and bench one config; `tag` names this run's files (default: the config)."""
     tag = tag or name
-    from tritonkit.bench import run_bench, write_report
     from tritonkit.build import build
+    from tritonkit.load import run_bench
     from tritonkit.render import write_repository
+    from tritonkit.report import write_report
     from tritonkit.serve import EmbeddedServer, ServerOptions
     from tritonkit.workload import bench_target
 
     repo = work / f"{name}_repo"
     write_repository(plan, repo)
-    built = build(plan, repo, spec=spec, progress=False)
+    built = build(repo, spec=spec, progress=False)
     log(f"[{tag}] built: " + "; ".join(r.summary() for r in built))
     server = EmbeddedServer(ServerOptions(repository=repo, log_file=work / f"{tag}_server.log"))
     started = time.perf_counter()

@@ -179,7 +179,7 @@ def main() -> int:
             for name in VARIANTS:
                 repo = work / name / "model_repository"
                 write_repository(plans[name], repo)
-                build(plans[name], repo, spec=spec, progress=False)
+                build(repo, spec=spec, progress=False)
                 ports = _free_ports(3)
                 options = ServerOptions(repository=repo, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2])
                 with EmbeddedServer(options) as server:

@@ -89,11 +89,12 @@ def main() -> int:
     ap.add_argument("--request-batch", type=int, default=1, help="sentences per served request")
     args = ap.parse_args()
 
-    from tritonkit.bench import run_bench, write_report
     from tritonkit.build import build
     from tritonkit.hardware import detect
+    from tritonkit.load import run_bench
     from tritonkit.policy import plan
     from tritonkit.render import write_repository
+    from tritonkit.report import write_report
     from tritonkit.serve import EmbeddedServer, ServerOptions
     from tritonkit.servers import SERVERS
     from tritonkit.spec import load_spec
@@ -105,7 +106,7 @@ def main() -> int:
     repo = args.repo or Path(tempfile.mkdtemp(prefix="tk-bench-")) / "model_repository"
     if args.repo is None:
         write_repository(p, repo)
-        build(p, repo, spec=spec, progress=False)
+        build(repo, spec=spec, progress=False)
     texts = list(load_texts())
 
     sizes = [int(x) for x in args.batch_sizes.split(",")]

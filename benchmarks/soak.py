@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Soak: the served MiniLM ensemble at ~70% of its measured capacity for minutes; errors, p99, RSS drift.
 
-Capacity is measured first with the bench step (`tritonkit.bench.run_bench`, closed loop, gRPC). Then
+Capacity is measured first with the bench step (`tritonkit.load.run_bench`, closed loop, gRPC). Then
 an open-loop client sends one sentence per request at `--load` x capacity on a fixed schedule (a
 request is due every 1/rate s whether or not earlier ones have answered, as real traffic arrives),
 while a sampler reads VmRSS from /proc/<pid>/status of tritonserver and of every process in its
@@ -306,7 +306,7 @@ def measure_capacity(url: str, model_spec, *, concurrency=(4, 8), requests: int 
     waited past the budget, which a noisy neighbour on a small machine can cause); more than 2% means
     the measurement is not a capacity and it raises.
     """
-    from tritonkit.bench import run_bench
+    from tritonkit.load import run_bench
     from tritonkit.workload import bench_target
     report = run_bench(bench_target(model_spec, url, "grpc"), concurrency=concurrency,
                        requests_per_level=requests, warmup_requests=20, progress=False)
@@ -476,7 +476,7 @@ def main() -> int:
         p = plan(spec, hw, SERVERS["embedded"])
         repo = Path(tempfile.mkdtemp(prefix="tk-soak-")) / "model_repository"
         write_repository(p, repo)
-        build(p, repo, spec=spec, progress=False)
+        build(repo, spec=spec, progress=False)
     ports = _free_ports(3)  # not 8000-8002: a server the user runs may hold those
     options = ServerOptions(repository=repo, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2])
     with EmbeddedServer(options) as server:

@@ -54,7 +54,7 @@ def built_repo(tmp_path_factory, example_plan):
     from tritonkit.render import write_repository
     repo = tmp_path_factory.mktemp("built") / "model_repository"
     write_repository(example_plan, repo)
-    results = build(example_plan, repo, progress=False)
+    results = build(repo, progress=False)
     assert {r.status for r in results} == {"built"}, [r.summary() for r in results]
     return repo
 

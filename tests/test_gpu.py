@@ -62,15 +62,15 @@ def test_served_embeddings_on_the_gpu_match_sentence_transformers(gpu_plan, spec
     import tritonclient.grpc as grpcclient
     from sentence_transformers import SentenceTransformer
     from tritonkit.build import build
-    from tritonkit.export import resolve_sentence_transformer
     from tritonkit.render import write_repository
     from tritonkit.serve import EmbeddedServer, ServerOptions
+    from tritonkit.sources import resolve_sentence_transformer
     from tritonkit.workload import load_texts
 
     texts = list(load_texts())
     repo = tmp_path / "repo"
     write_repository(gpu_plan, repo)
-    build(gpu_plan, repo, spec=spec, progress=False)
+    build(repo, spec=spec, progress=False)
     http, grpc, metrics = free_ports(3)
     log = tmp_path / "server.log"
     server = EmbeddedServer(ServerOptions(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics,

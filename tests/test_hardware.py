@@ -338,16 +338,24 @@ def test_detect_on_a_gpu_host():
     assert [g.index for g in hw.gpus] == list(range(len(hw.gpus)))
     for g in hw.gpus:
         assert g.sm_count > 0 and g.compute_capability >= (3, 0) and g.memory_bytes > GIB
+        # Under CUDA MPS with CUDA_MPS_ACTIVE_THREAD_PERCENTAGE < 100 (or a limit set in the daemon) the
+        # driver reports only the SMs this client may use: the catalogue's count is then the ceiling, not
+        # the value, and detection must flag the GPU so the policy knows.
+        assert g.mps_limited is mps_limited(g.name, g.sm_count, os.environ), g
         known = lookup(g.name)
-        if known is not None:
-            assert (known.sm_count, known.compute_capability) == (g.sm_count, g.compute_capability), g.name
+        if known is None:
+            continue
+        assert known.compute_capability == g.compute_capability, g.name
+        if g.mps_limited:
+            assert g.sm_count < known.sm_count, (f"{g.name}: flagged as limited by CUDA MPS but the driver reports "
+                                                 f"{g.sm_count} SMs, the catalogue's {known.sm_count}")
+        else:
+            assert g.sm_count == known.sm_count, g.name
     driver = _detect_cuda_driver()
     assert driver == hw.gpus
-    try:
-        from tritonkit.hardware import _detect_nvml
-        nvml = _detect_nvml()
-    except ImportError:
-        return
+    # nvidia-ml-py is a core dependency (pyproject.toml): a broken install fails here instead of skipping.
+    from tritonkit.hardware import _detect_nvml
+    nvml = _detect_nvml()
     assert [(g.name, g.compute_capability) for g in nvml] == [(g.name, g.compute_capability) for g in driver]
     for n, d in zip(nvml, driver):
         assert abs(n.memory_bytes - d.memory_bytes) <= 0.05 * d.memory_bytes, (n, d)
@@ -365,11 +373,15 @@ def test_hardware_value_is_frozen_and_comparable():
 @pytest.mark.parametrize(("name", "sms", "env", "limited"), [
     ("NVIDIA H100 80GB HBM3", 132, {}, False),
     ("NVIDIA H100 80GB HBM3", 38, {}, True),                                        # limit set in the daemon
-    ("NVIDIA H100 80GB HBM3", 132, {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "30"}, True),
+    # The variable without an MPS daemon limits nothing (H200: 132 of 132 SMs with it at 30): not limited.
+    ("NVIDIA H100 80GB HBM3", 132, {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "30"}, False),
+    ("Some Future GPU", 10, {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "30"}, True),       # unknown: the request counts
     ("NVIDIA H100 80GB HBM3", 132, {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "100"}, False),
     ("NVIDIA H100 80GB HBM3", 132, {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "lots"}, False),
     ("Some Future GPU", 10, {}, False),                                               # unknown: no evidence
     ("Tesla T4", 40, {}, False),
 ])
 def test_mps_limit_is_recognised(name, sms, env, limited):
+    """Prevents a GPU that is not limited from being planned as if it were (FP32 for no reason), and a limited
+    one from getting the FP16 that returned NaN under MPS."""
     assert mps_limited(name, sms, env) is limited

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ models:
 
 @pytest.fixture()
 def tiny_spec(tmp_path):
-    from tritonkit.export import export_tiny_onnx
+    from tests.tiny_models import export_tiny_onnx
     export_tiny_onnx(tmp_path / "tiny.onnx")
 
     def write(in_features: int = 4) -> Path:
@@ -50,26 +51,35 @@ def test_spec_dims_that_do_not_fit_the_model_file_are_refused(tiny_spec, tmp_pat
     spec = tiny_spec(in_features=5)
     assert _cli("render", "--spec", str(spec), "--gpu", "none", "--out", str(repo)).returncode == 0
     before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
-    r = _cli("build", "--spec", str(spec), "--gpu", "none", "--repo", str(repo))
+    r = _cli("build", "--repo", str(repo))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "5" in r.stderr and "4" in r.stderr and "'x'" in r.stderr, r.stderr
+    # The input, the axis, the file's size and the spec's, then got/expected with both shapes: a message that
+    # lost the dims (or swapped file and spec) fails here. (Bare digits would match the tmp path.)
+    assert re.search(r"input 'x' dim 1 is 4 in model\.onnx, spec says 5\b", r.stderr), r.stderr
+    assert re.search(r"got '?\[batch, 4\]'?, expected '?\[batch, 5\]'?", r.stderr), r.stderr
     assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before  # no half-built artifact left
 
 
-def test_build_against_a_repository_rendered_for_another_plan_is_refused(tiny_spec, tmp_path):
-    """Building for CPU into a repository rendered for a T4/NGC plan would produce artifacts nobody serves."""
+def test_build_of_a_hand_edited_repository_is_refused(tiny_spec, tmp_path):
+    """Artifacts built for a config its plan.json no longer renders (edited by hand) would be served by a
+    config nobody planned: build names the file and the re-render command, and writes nothing."""
     repo = tmp_path / "repo"
     spec = tiny_spec()
-    assert _cli("render", "--spec", str(spec), "--gpu", "T4", "--server", "ngc", "--out", str(repo)).returncode == 0
-    r = _cli("build", "--spec", str(spec), "--gpu", "none", "--repo", str(repo))
-    assert r.returncode == 2 and "rendered for a different plan" in r.stderr, r.stderr
+    assert _cli("render", "--spec", str(spec), "--gpu", "none", "--out", str(repo)).returncode == 0
+    config = repo / "tiny" / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_batch_size: 8", "max_batch_size: 4"))
+    before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
+    r = _cli("build", "--repo", str(repo))
+    assert r.returncode == 2 and "not what its plan.json renders" in r.stderr, r.stderr
+    assert "tiny/config.pbtxt" in r.stderr and "render --plan" in r.stderr
+    assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before
 
 
 @pytest.mark.integration
 def test_onnx_source_is_served_and_matches_numpy(tiny_spec, tmp_path):
     """The python backend ONNX Runtime model must serve batches and return what the graph computes."""
     from tritonkit.build import build
-    from tritonkit.export import tiny_weights
+    from tests.tiny_models import tiny_weights
     from tritonkit.hardware import declared
     from tritonkit.policy import plan
     from tritonkit.render import write_repository
@@ -82,8 +92,8 @@ def test_onnx_source_is_served_and_matches_numpy(tiny_spec, tmp_path):
     p = plan(spec, declared("none"), SERVERS["embedded"])
     repo = tmp_path / "repo"
     write_repository(p, repo)
-    assert [r.status for r in build(p, repo, spec=spec, progress=False)] == ["built"]
-    assert [r.status for r in build(p, repo, spec=spec, progress=False)] == ["current"]  # manifest honoured
+    assert [r.status for r in build(repo, spec=spec, progress=False)] == ["built"]
+    assert [r.status for r in build(repo, spec=spec, progress=False)] == ["current"]  # manifest honoured
     http, grpc, metrics = free_ports(3)
     x = np.arange(12, dtype=np.float32).reshape(3, 4) / 10 - 0.5
     w, b = tiny_weights()

@@ -88,7 +88,8 @@ def test_bad_requests_get_errors_and_server_stays_up(minilm_server):
 
 def test_latency_sweep_from_real_responses(minilm_server, tmp_path):
     """The bench step must measure real responses (nonzero, ordered percentiles) and a server breakdown."""
-    from tritonkit.bench import run_bench, write_report
+    from tritonkit.load import run_bench
+    from tritonkit.report import write_report
     from tritonkit.spec import load_spec
     from tritonkit.workload import bench_target
     model = load_spec(defaults.DEFAULT_SPEC).models[0]

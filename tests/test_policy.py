@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -19,7 +20,8 @@ from tritonkit.errors import UserError
 from tritonkit.hardware import Hardware, declared
 from tritonkit.plan import Plan
 from tritonkit.plan import plan_filename
-from tritonkit.policy import BACKENDS, BACKEND_PRECISIONS, ROW_ARTIFACTS, plan, queue_timeout_us
+from tritonkit.build import BUILDERS
+from tritonkit.policy import BACKENDS, plan, queue_timeout_us
 from tritonkit.servers import SERVERS, server_target
 from tritonkit.spec import Source, Spec, Tolerance, load_spec
 
@@ -104,7 +106,7 @@ def test_example_spec_plans_everywhere(server, gpu):
     assert (enc.backend, enc.precision) == (backend, precision)
     assert [(g.kind, g.count, g.gpus) for g in enc.instances] == [(kind, count, ())]
     expected_files = (plan_filename(hw.gpus[0].compute_capability),) if backend == "tensorrt" else \
-        ROW_ARTIFACTS[enc.backend + (f" ({enc.runtime})" if enc.runtime else "")]
+        next(r.artifacts for r in BACKENDS if r.label == enc.label)
     assert enc.artifacts == expected_files
     params = dict(enc.parameters)
     if kind == "KIND_CPU":
@@ -325,15 +327,31 @@ def test_old_gpu_falls_back_to_fp32_with_reason():
     assert "FP16 needs >= 7.0" in decision(p, "minilm_encoder", "precision").reason
 
 
-@pytest.mark.parametrize(("server", "gpu"), [("ngc", None), ("embedded", None), ("embedded", "H100")])
-def test_cpu_plan_uses_only_a_tolerated_precision(server, gpu):
-    """Prevents a plan choosing a precision the spec gives no tolerance for (nothing can validate it)."""
+# An FP16-only tolerance: on the CPU (FP32 only) nothing could validate the model, so the plan is refused
+# with the missing FP32 entry named; on a GPU with FP16 tensor cores FP16 is planned and its tolerance applies.
+NO_FP32_TOLERANCE = "runs on the CPU in FP32, but the spec gives no FP32 tolerance"
+
+
+@pytest.mark.parametrize(("server", "gpu", "refused", "precision"), [
+    ("ngc", None, NO_FP32_TOLERANCE, None),
+    ("embedded", None, NO_FP32_TOLERANCE, None),
+    ("embedded", "H100", None, "fp16"),
+], ids=["ngc-cpu-refused", "embedded-cpu-refused", "embedded-H100-fp16"])
+def test_plan_uses_only_a_tolerated_precision(server, gpu, refused, precision):
+    """Prevents a plan choosing a precision the spec gives no tolerance for (nothing can validate it): the
+    CPU path (FP32 only) must refuse an FP16-only spec and say which entry is missing, the GPU path must
+    plan the tolerated FP16."""
     spec = variant(tolerance=tol("fp16"))
-    try:
-        p = plan(spec, hardware(gpu), server_target(server))
-    except UserError:
+    if refused:
+        with pytest.raises(UserError, match=re.escape(refused)) as info:
+            plan(spec, hardware(gpu), server_target(server))
+        e = info.value
+        assert (e.where, e.actual) == ("model minilm: tolerance", ["fp16"]), (e.where, e.actual)
+        assert "tolerance.fp32" in e.fix
         return
-    assert p.model("minilm_encoder").precision in spec.models[0].tolerance
+    p = plan(spec, hardware(gpu), server_target(server))
+    assert p.model("minilm_encoder").precision == precision
+    assert precision in spec.models[0].tolerance
 
 
 @pytest.mark.parametrize(("precision", "gpu", "need"), [
@@ -390,7 +408,7 @@ def _single(fmt: str, path: str) -> Spec:
     ("onnx", "ngc", "T4", "tensorrt", "KIND_GPU", "fp16"),
     ("onnx", "ngc", None, "onnxruntime", "KIND_CPU", "fp32"),
     ("onnx", "embedded", "T4", "python", "KIND_CPU", "fp32"),
-    ("torchscript", "ngc", "T4", "pytorch", "KIND_GPU", "fp16"),
+    ("torchscript", "ngc", "T4", "pytorch", "KIND_GPU", "fp32"),   # run as saved: nothing casts TorchScript
     ("torchscript", "ngc", None, "pytorch", "KIND_CPU", "fp32"),
 ])
 def test_single_model_backend_table(fmt, server, gpu, backend, kind, precision):
@@ -409,10 +427,10 @@ def test_torchscript_on_embedded_server_is_refused():
 
 
 def test_policy_tables_are_consistent():
-    """Prevents a backend row with no artifact or precision entry (KeyError while planning)."""
+    """Prevents a backend row whose artifacts nobody builds or that can run no precision."""
     for row in BACKENDS:
-        assert row.label in BACKEND_PRECISIONS
-        assert row.label in ROW_ARTIFACTS or row.backend == "tensorrt"  # plans are named per cc
+        assert row.builder in BUILDERS and "fp32" in row.precisions, row
+        assert row.artifacts or row.backend == "tensorrt", row  # plans are named per cc
         assert any(row.backend in s.backends for s in SERVERS.values()), row.backend
         assert row.reason.strip()
 
@@ -426,12 +444,10 @@ def test_text_embedding_with_fixed_sequence_length(tmp_path):
     assert "sequence" not in text.split("models:")[1].split("latency_budget")[0]
     path = tmp_path / "fixed.yaml"
     path.write_text(text)
-    try:
-        spec = load_spec(path)
-    except UserError:
-        return  # refusing the spec is also a fix
+    spec = load_spec(path)  # the parser accepts a fixed sequence length: the planner must too
     p = plan(spec, hardware(None), server_target("ngc"))
     assert dict(p.model("minilm_tokenizer").parameters)["max_length"] == "128"
+    assert [t.dims for t in p.model("minilm_encoder").inputs] == [(128,), (128,)]
 
 
 # --- fleets, determinism -------------------------------------------------------------------------------------
@@ -469,7 +485,7 @@ def test_plan_is_deterministic(server, gpu):
     assert json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
     d = json.loads(json.dumps(a.to_dict()))
     assert d["server"]["backends"] == sorted(SERVERS[server].backends)
-    assert d["spec_path"] == str(defaults.DEFAULT_SPEC)
+    assert d["spec"] == {"path": "deploy/models.yaml", "sha256": SPEC.sha256}   # no path of this host
 
 
 def test_plan_does_not_touch_its_inputs():

@@ -22,14 +22,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import live_processes
+from tritonkit.embedded_triton import STUB_NAME, find_embedded_triton
 from tritonkit.errors import UserError
-from tritonkit.serve import (
-    ADMIN_HEADER,
-    STUB_NAME,
-    EmbeddedServer,
-    ServerOptions,
-    find_embedded_triton,
-)
+from tritonkit.serve import ADMIN_HEADER, EmbeddedServer, ServerOptions
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,74 +135,6 @@ def add_one_server(tmp_path_factory, triton):
     write_model(repo, "add_one", ADD_ONE_MODEL)
     with EmbeddedServer(options_for(repo), triton) as server:
         yield server
-
-
-# --- find_embedded_triton ------------------------------------------------------------------------
-
-def test_find_embedded_triton_assembles_backend_for_this_python(triton):
-    """Prevents: a backend dir without the stub matching this interpreter (models fail to load with
-    'triton_python_backend_stub: not found' or crash on an ABI mismatch), and a cache rebuilt every call."""
-    stub = triton.backend_dir / "python" / STUB_NAME
-    major, minor = sys.version_info[:2]
-    source_stub = triton.binary.parent.parent / "python_backend_stubs" / f"{major}.{minor}" / STUB_NAME
-    assert triton.version == "2.51.0"
-    assert os.access(triton.binary, os.X_OK) and os.access(stub, os.X_OK)
-    assert stub.read_bytes() == source_stub.read_bytes()
-    assert (triton.backend_dir / "python" / "libtriton_python.so").is_file()
-    assert (triton.backend_dir / "python" / "triton_python_backend_utils.py").is_file()
-    assert any(triton.lib_dir.glob("libtritonserver*.so"))
-    inode = stub.stat().st_ino
-    again = find_embedded_triton(cache_root=triton.backend_dir.parents[2])
-    assert again == triton and stub.stat().st_ino == inode  # reused, not copied again
-
-
-def _fake_site(site: Path, stub_bytes: bytes, wheel_version: str = "0.7.0") -> None:
-    root = site / "pytriton" / "tritonserver"
-    for rel, data in {"bin/tritonserver": b"#!/bin/sh\n", "backends/python/libtriton_python.so": b"so",
-                      "backends/python/triton_python_backend_utils.py": b"# utils\n",
-                      f"python_backend_stubs/3.11/{STUB_NAME}": stub_bytes}.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    (site / "nvidia_pytriton.libs").mkdir(exist_ok=True)
-    info = site / "nvidia_pytriton-0.7.0.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: nvidia-pytriton\nVersion: {wheel_version}\n")
-
-
-def test_backend_cache_rebuilt_when_wheel_changes(tmp_path):
-    """Prevents: a stale stub copy surviving a reinstall/upgrade of nvidia-pytriton (old stub, new backend)."""
-    site, cache = tmp_path / "site", tmp_path / "cache"
-    _fake_site(site, b"stub v1")
-    first = find_embedded_triton(site_dir=site, cache_root=cache, python_version=(3, 11))
-    assert (first.backend_dir / "python" / STUB_NAME).read_bytes() == b"stub v1"
-    _fake_site(site, b"stub v2, reinstalled")
-    second = find_embedded_triton(site_dir=site, cache_root=cache, python_version=(3, 11))
-    assert second.backend_dir != first.backend_dir
-    assert (second.backend_dir / "python" / STUB_NAME).read_bytes() == b"stub v2, reinstalled"
-    assert not first.backend_dir.exists()  # the stale copy is pruned
-
-
-def test_find_embedded_triton_without_wheel_says_how_to_install(tmp_path):
-    """Prevents: a FileNotFoundError/traceback when nvidia-pytriton is missing instead of the install command."""
-    with pytest.raises(UserError) as err:
-        find_embedded_triton(site_dir=tmp_path, cache_root=tmp_path / "cache")
-    assert "pip install nvidia-pytriton==0.7.0" in str(err.value)
-
-
-def test_find_embedded_triton_refuses_unchecked_wheel_version(tmp_path):
-    """Prevents: silently running a different bundled Triton whose flags and quirks were never checked."""
-    _fake_site(tmp_path, b"stub", wheel_version="0.6.0")
-    with pytest.raises(UserError) as err:
-        find_embedded_triton(site_dir=tmp_path, cache_root=tmp_path / "cache", python_version=(3, 11))
-    assert "0.6.0" in str(err.value) and "nvidia-pytriton==0.7.0" in str(err.value)
-
-
-def test_find_embedded_triton_python_without_stub(triton, tmp_path):
-    """Prevents: starting a server whose python models can never load because no stub fits this Python."""
-    with pytest.raises(UserError) as err:
-        find_embedded_triton(cache_root=tmp_path, python_version=(3, 7))
-    message = str(err.value)
-    assert "'3.7'" in message and "3.11" in message
 
 
 # --- options and pre-launch checks (no server starts) -----------------------------------------------

@@ -72,6 +72,7 @@ def test_a_bin_folder_is_accepted_like_its_interpreter():
     assert by_folder.numpy == stub_env.resolve(Path(sys.executable)).numpy
 
 
+@pytest.mark.integration  # built_repo: the example exported to ONNX
 def test_serve_refuses_a_numpy2_environment_before_launching(numpy2_python, built_repo):
     done, ports = _serve(built_repo, "--stub-python", str(numpy2_python))
     assert done.returncode == 2, done.stderr
@@ -80,6 +81,7 @@ def test_serve_refuses_a_numpy2_environment_before_launching(numpy2_python, buil
     assert _no_server_on(ports)
 
 
+@pytest.mark.integration  # built_repo: the example exported to ONNX
 def test_the_environment_variable_names_the_stub_python(numpy2_python, built_repo):
     """$TRITONKIT_STUB_PYTHON (here a bin folder) is used when --stub-python is absent, and named in the error."""
     done, ports = _serve(built_repo, env={stub_env.ENV_VAR: str(numpy2_python.parent)})
@@ -88,6 +90,7 @@ def test_the_environment_variable_names_the_stub_python(numpy2_python, built_rep
     assert _no_server_on(ports)
 
 
+@pytest.mark.integration  # built_repo: the example exported to ONNX
 def test_an_environment_without_numpy_is_refused(tmp_path, built_repo):
     bare = _venv(tmp_path / "bare")
     done, _ = _serve(built_repo, "--stub-python", str(bare))

@@ -1,8 +1,10 @@
-"""tritonkit.tensorrt: plan -> builder settings as data (any machine), and the real TensorRT calls (where it imports).
+"""tritonkit.trt_settings (plan -> builder settings as data, any machine) and tritonkit.trt_engine (the real
+TensorRT calls, where it imports); tritonkit.trt_manifest is tested in tests/test_manifest.py.
 
-TensorRT cannot be installed on this project's machines (NOTES.md): the settings, the trtexec line, the
-refusals and the host checks are tested here for real; the engine build and run are tested at the end
-of this file, only where `import tensorrt` works (the NGC TensorRT container on a GPU).
+TensorRT is not installable from PyPI on this project's machines (its packages download from an unreachable
+host; see README.md's support matrix): the settings, the trtexec line, the refusals and the host checks are
+tested here for real; the engine build and run are tested at the end of this file, only where
+`import tensorrt` works (the NGC TensorRT container on a GPU).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_models import cnn_images, export_cnn, write_cnn_spec
+from tests.tiny_models import cnn_images, write_cnn_spec
+from tests.trt_stand_in import write_cnn_onnx
 from tritonkit import defaults
-from tritonkit import tensorrt as T
 from tritonkit.catalogue import CATALOGUE, GIB
 from tritonkit.errors import UserError
 from tritonkit.hardware import Hardware, declared
@@ -27,6 +29,9 @@ from tritonkit.plan import Profile, plan_filename
 from tritonkit.policy import plan, plan_fleet
 from tritonkit.servers import SERVERS
 from tritonkit.spec import load_spec
+from tritonkit.trt_engine import import_tensorrt, require_build_host, run_plan
+from tritonkit.trt_manifest import same_tensorrt
+from tritonkit.trt_settings import PRECISION_FLAGS, builder_settings, require_quantized
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = load_spec(defaults.DEFAULT_SPEC)
@@ -41,8 +46,7 @@ def encoder(gpu: str = "T4", spec=SPEC):
 @pytest.fixture(scope="module")
 def cnn(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cnn")
-    module, exported = export_cnn(folder)
-    return folder, module, exported, load_spec(write_cnn_spec(folder))
+    return folder, write_cnn_onnx(folder), load_spec(write_cnn_spec(folder))
 
 
 # --- builder settings per precision --------------------------------------------------------------
@@ -63,16 +67,16 @@ def test_precision_maps_to_builder_flags(precision):
     """Prevents an FP16 plan silently built in FP32 (no FP16 flag), or an FP32 plan built with TF32 that then
     misses its 1e-4 tolerance, or an INT8/FP8 plan without the Q/DQ graph TensorRT 10 needs."""
     p, m = encoder("H100")
-    s = T.builder_settings(p, dataclasses.replace(m, precision=precision))
+    s = builder_settings(p, dataclasses.replace(m, precision=precision))
     assert (s.flags, s.cleared_flags, s.trtexec_precision, s.quantized_onnx_required) == EXPECTED[precision]
-    assert set(EXPECTED) == set(T.PRECISION_FLAGS)   # every precision the spec accepts has a row
+    assert set(EXPECTED) == set(PRECISION_FLAGS)   # every precision the spec accepts has a row
 
 
 def test_unknown_precision_is_refused_with_the_choices():
     """A precision without a table row must fail by name, not fall through to an FP32 build."""
     p, m = encoder()
     with pytest.raises(UserError, match="no TensorRT builder flags") as e:
-        T.builder_settings(p, dataclasses.replace(m, precision="int4"))
+        builder_settings(p, dataclasses.replace(m, precision="int4"))
     assert "fp16" in str(e.value)
 
 
@@ -82,19 +86,18 @@ def test_profiles_span_the_spec_axes_including_batch():
     """Prevents "expected dim 0 between 1 and 1": the batch axis must run 1..max_batch_size and every named
     axis min/opt/max, for every input, in the plan and in what the builder is told."""
     p, m = encoder()
-    s = T.builder_settings(p, m, SPEC.models[0])
+    s = builder_settings(p, m)
     (prof,) = s.profiles
     assert dict(prof.min) == {"input_ids": (1, 1), "attention_mask": (1, 1)}
     assert dict(prof.opt) == {"input_ids": (64, 64), "attention_mask": (64, 64)}
     assert dict(prof.max) == {"input_ids": (64, 256), "attention_mask": (64, 256)}
-    assert T.profiles_from_spec(SPEC.models[0]) == m.profiles     # the policy and the fallback agree
 
 
 def test_cnn_profile_keeps_fixed_dims_and_the_declared_batch_range(cnn):
     """Fixed dims (3x32x32) must stay fixed and the declared batch axis (1/8/16) must be used as declared."""
-    _, _, _, spec = cnn
+    *_, spec = cnn
     p, m = encoder("T4", spec)
-    (prof,) = T.builder_settings(p, m, spec.models[0]).profiles
+    (prof,) = builder_settings(p, m).profiles
     assert (dict(prof.min)["image"], dict(prof.opt)["image"], dict(prof.max)["image"]) == \
         ((1, 3, 32, 32), (8, 3, 32, 32), (16, 3, 32, 32))
 
@@ -112,18 +115,27 @@ def test_profiles_triton_cannot_serve_are_refused_before_building(change, messag
     p, m = encoder()
     bad = dataclasses.replace(m, profiles=(change(m.profiles[0]),))
     with pytest.raises(UserError, match=message):
-        T.builder_settings(p, bad)
+        builder_settings(p, bad)
+
+
+def test_a_plan_without_profiles_is_refused_with_re_render():
+    """A plan.json from before plans carried profiles must not be built with profiles guessed here (they could
+    disagree with the rendered config): the refusal names the model and says to re-render."""
+    p, m = encoder()
+    with pytest.raises(UserError, match="no TensorRT optimization profile") as e:
+        builder_settings(p, dataclasses.replace(m, profiles=()))
+    assert m.name in str(e.value) and "re-render" in str(e.value)
 
 
 def test_fixed_dim_in_a_profile_must_match_the_config(cnn):
     """A profile that varies a dim the config fixes (3 channels) would build a plan Triton feeds wrongly."""
-    _, _, _, spec = cnn
+    *_, spec = cnn
     p, m = encoder("T4", spec)
     prof = m.profiles[0]
     four = [tuple((n, (d[0], 4) + d[2:]) for n, d in x) for x in (prof.min, prof.opt, prof.max)]
     bad = Profile(*four)
     with pytest.raises(UserError, match="fixed to 3"):
-        T.builder_settings(p, dataclasses.replace(m, profiles=(bad,)))
+        builder_settings(p, dataclasses.replace(m, profiles=(bad,)))
 
 
 # --- workspace, file names, timing cache -----------------------------------------------------------
@@ -134,7 +146,7 @@ def test_fixed_dim_in_a_profile_must_match_the_config(cnn):
 def test_workspace_is_a_quarter_of_gpu_memory_capped_at_4_gib(gpu, expected):
     """Prevents a workspace larger than the card (build failure) or a tiny default that rules out fast tactics."""
     p, m = encoder(gpu)
-    s = T.builder_settings(p, m)
+    s = builder_settings(p, m)
     assert s.workspace_bytes == expected and s.workspace_bytes % 2**20 == 0
 
 
@@ -145,7 +157,7 @@ def test_plan_file_is_named_by_compute_capability(gpu, cc, name):
     """Each architecture's plan must land in the file cc_model_filenames maps its cc to, or Triton loads
     another GPU's plan ("Magic tag does not match") or none."""
     p, m = encoder(gpu)
-    s = T.builder_settings(p, m)
+    s = builder_settings(p, m)
     assert s.plan_file == name == plan_filename(cc) and s.compute_capability == cc
     assert dict(m.cc_model_filenames)[f"{cc[0]}.{cc[1]}"] == name
     assert s.timing_cache == f"timing-sm{cc[0]}{cc[1]}-trt{defaults.NGC_TENSORRT_VERSION}.cache"
@@ -154,7 +166,7 @@ def test_plan_file_is_named_by_compute_capability(gpu, cc, name):
 def test_fleet_variants_each_build_their_own_file():
     """In a T4+H100 fleet the T4 build must write model.sm75.plan and the H100 build model.sm90.plan."""
     plans = plan_fleet(SPEC, declared("T4,H100"), SERVERS["ngc"])
-    files = {p.gpu.name: T.builder_settings(p, p.model("minilm_encoder")).plan_file for p in plans}
+    files = {p.gpu.name: builder_settings(p, p.model("minilm_encoder")).plan_file for p in plans}
     assert files == {"Tesla T4": "model.sm75.plan", "H100 SXM": "model.sm90.plan"}
 
 
@@ -162,16 +174,16 @@ def test_a_plan_without_a_file_for_this_cc_is_refused():
     """Building for a GPU the rendered config names no file for would produce a plan Triton never loads."""
     p, m = encoder("T4")
     with pytest.raises(UserError, match="no TensorRT plan file for compute capability 9.0"):
-        T.builder_settings(p, m, gpu=CATALOGUE["h100 sxm"])
+        builder_settings(p, m, gpu=CATALOGUE["h100 sxm"])
 
 
 def test_servers_without_tensorrt_and_cpu_plans_get_no_settings():
     """A plan for the embedded server or for no GPU must never reach the TensorRT builder."""
     p, m = encoder("T4")
     with pytest.raises(UserError, match="cannot load TensorRT plans"):
-        T.builder_settings(dataclasses.replace(p, server=SERVERS["embedded"]), m)
+        builder_settings(dataclasses.replace(p, server=SERVERS["embedded"]), m)
     with pytest.raises(UserError, match="needs a GPU target"):
-        T.builder_settings(dataclasses.replace(p, gpu=None), m)
+        builder_settings(dataclasses.replace(p, gpu=None), m)
 
 
 # --- the trtexec line --------------------------------------------------------------------------------
@@ -196,7 +208,7 @@ def test_trtexec_line_says_what_the_builder_was_told(precision):
     """reproduce.sh's trtexec line must rebuild the same plan: same shapes, precision, optimization level,
     workspace and timing cache; a drifting line would "reproduce" a different engine."""
     p, m = encoder()
-    s = T.builder_settings(p, dataclasses.replace(m, precision=precision))
+    s = builder_settings(p, dataclasses.replace(m, precision=precision))
     argv = s.trtexec_command("../../.cache/x.onnx", s.plan_file, "../../.cache/t.cache")
     f = parse_trtexec(shlex.split(shlex.join(argv)))
     assert f["onnx"] == ["../../.cache/x.onnx"] and f["saveEngine"] == ["model.sm75.plan"]
@@ -214,7 +226,7 @@ def test_two_profiles_give_two_shape_triples_in_order():
     """trtexec makes one profile per --minShapes/--optShapes/--maxShapes triple; their order is the profile index."""
     p, m = encoder()
     small = Profile(m.profiles[0].min, m.profiles[0].min, tuple((n, (64, 32)) for n, _ in m.profiles[0].min))
-    s = T.builder_settings(p, dataclasses.replace(m, profiles=(small, m.profiles[0])))
+    s = builder_settings(p, dataclasses.replace(m, profiles=(small, m.profiles[0])))
     f = parse_trtexec(s.trtexec_command("a.onnx", "b.plan", "c.cache"))
     assert [shapes(x)["input_ids"] for x in f["maxShapes"]] == [(64, 32), (64, 256)]
 
@@ -240,14 +252,14 @@ def test_int8_plan_from_an_unquantized_graph_is_refused(cnn, tmp_path):
     """TensorRT 10 has no implicit INT8 calibration path worth trusting: an INT8 build of a plain FP32 graph
     must stop and say how to quantize (Model Optimizer + the calibration data), not build FP16 silently."""
     from tritonkit.export import quantize_ops
-    _, _, exported, _ = cnn
+    _, unquantized, _ = cnn
     p, m = encoder()
-    s = T.builder_settings(p, dataclasses.replace(m, precision="int8"))
+    s = builder_settings(p, dataclasses.replace(m, precision="int8"))
     with pytest.raises(UserError, match="explicitly quantized") as e:
-        T.require_quantized(s, quantize_ops(exported.path), where="cnn", calibration="/data/calib")
+        require_quantized(s, quantize_ops(unquantized), where="cnn", calibration="/data/calib")
     assert "modelopt" in str(e.value) and "/data/calib" in str(e.value)
-    T.require_quantized(s, quantize_ops(qdq_onnx(tmp_path / "qdq.onnx")), where="qdq", calibration=None)
-    T.require_quantized(T.builder_settings(p, m), {}, where="fp16 needs none", calibration=None)
+    require_quantized(s, quantize_ops(qdq_onnx(tmp_path / "qdq.onnx")), where="qdq", calibration=None)
+    require_quantized(builder_settings(p, m), {}, where="fp16 needs none", calibration=None)
 
 
 # --- versions and the build host -----------------------------------------------------------------------
@@ -258,12 +270,12 @@ def test_int8_plan_from_an_unquantized_graph_is_refused(cnn, tmp_path):
                                             ("10.13.3.9", None, False)])
 def test_tensorrt_versions_match_by_the_pins_components(built, pin, same):
     """'10.1' must not pass for '10.13' (string prefix), and a build's 4-part version must match a 3-part pin."""
-    assert T.same_tensorrt(built, pin) is same
+    assert same_tensorrt(built, pin) is same
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks the no-TensorRT path; this host has TensorRT")
 def test_build_without_tensorrt_stops_before_any_work_and_names_the_container(cnn, tmp_path):
-    """`tritonkit build --server ngc` on a host without TensorRT must exit 2 with the container command, before
+    """`tritonkit build` of an NGC repository on a host without TensorRT must exit 2 with the container command, before
     exporting or writing anything (not a traceback, not a half-built repository)."""
     folder, *_ = cnn
     spec, repo = write_cnn_spec(folder, name="cli.yaml"), tmp_path / "repo"
@@ -272,11 +284,10 @@ def test_build_without_tensorrt_stops_before_any_work_and_names_the_container(cn
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
-    r = subprocess.run([*cli, "build", "--spec", str(spec), "--gpu", "T4", "--server", "ngc", "--repo", str(repo)],
-                       capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run([*cli, "build", "--repo", str(repo)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "TensorRT is not installed" in r.stderr and defaults.NGC_TENSORRT_IMAGE in r.stderr
-    assert f"tritonkit build --spec {spec} --server ngc --gpu auto --repo {repo}" in r.stderr
+    assert f"{defaults.NGC_TENSORRT_IMAGE} tritonkit build --repo {repo}" in r.stderr
     assert "--no-tensorrt" in r.stderr                 # the explicit fallback: re-plan with ONNX Runtime
     assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before
 
@@ -293,7 +304,7 @@ def test_build_host_with_another_tensorrt_is_refused(monkeypatch):
     fake_tensorrt(monkeypatch, "10.8.0.43")
     p, _ = encoder()
     with pytest.raises(UserError, match="cannot load") as e:
-        T.require_build_host(p, [(7, 5)])
+        require_build_host(p, [(7, 5)])
     assert "10.8.0.43" in str(e.value) and defaults.NGC_TENSORRT_VERSION in str(e.value)
     assert defaults.NGC_TENSORRT_IMAGE in str(e.value)
 
@@ -305,28 +316,34 @@ def test_build_host_without_gpu_or_with_another_architecture_is_refused(monkeypa
     p, _ = encoder()
     monkeypatch.setattr(hardware, "detect", lambda: Hardware((), 2, 8 * GIB, "detected"))
     with pytest.raises(UserError, match="this host has none"):
-        T.require_build_host(p, [(7, 5)])
+        require_build_host(p, [(7, 5)])
     monkeypatch.setattr(hardware, "detect", lambda: Hardware((CATALOGUE["h100 sxm"],), 2, 8 * GIB, "detected"))
     with pytest.raises(UserError, match="another architecture") as e:
-        T.require_build_host(p, [(7, 5)])
+        require_build_host(p, [(7, 5)])
     assert "cc 9.0" in str(e.value) and "cc 7.5" in str(e.value)
-    monkeypatch.setattr(hardware, "detect", lambda: Hardware((CATALOGUE["tesla t4"],), 2, 8 * GIB, "detected"))
-    assert T.require_build_host(p, [(7, 5)]).gpu.name == "Tesla T4"
+    # Accepted on any GPU of the target's cc; the host reports what it has (device 0, the TensorRT it runs),
+    # not what the plan names: build.json records those.
+    other_t4_class = declared("sm=40,cc=7.5,mem=16GiB").gpus[0]
+    monkeypatch.setattr(hardware, "detect", lambda: Hardware((other_t4_class,), 2, 8 * GIB, "detected"))
+    host = require_build_host(p, [(7, 5)])
+    assert host.gpu == other_t4_class != p.gpu
+    assert host.tensorrt_version == defaults.NGC_TENSORRT_VERSION + ".9"     # what it runs, not the pin
 
 
 def test_placeholder_tensorrt_package_is_recognised(monkeypatch):
     """PyPI's 'tensorrt' placeholder imports but has no API: say so instead of an AttributeError mid-build."""
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
     with pytest.raises(UserError, match="placeholder"):
-        T.import_tensorrt()
+        import_tensorrt()
 
 
 # --- the real TensorRT calls (NGC TensorRT container on a GPU) -----------------------------------------
 
 @pytest.fixture()
 def trt():
-    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installable on this machine (see NOTES.md); "
-                                                 "runs in the NGC TensorRT container")
+    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installable from PyPI on this machine (its "
+                                                 "packages download from an unreachable host); runs in the NGC "
+                                                 "TensorRT container")
     from tritonkit.hardware import detect
     if not detect().gpus:
         pytest.skip("TensorRT builds need a GPU")
@@ -350,18 +367,18 @@ def test_cnn_plan_is_built_validated_and_recorded(trt, cnn, tmp_path, precision)
     p = plan(spec, detect(), SERVERS["ngc"])       # --gpu auto: the plan targets this host's GPU
     repo = tmp_path / "repo"
     write_repository(p, repo)
-    (result,) = build(p, repo, spec=spec, progress=False)
+    (result,) = build(repo, progress=False)
     assert result.status == "built", result.summary()
-    s = T.builder_settings(p, p.model("cnn"), spec.models[0])
+    s = builder_settings(p, p.model("cnn"))
     manifest = json.loads((repo / "cnn" / "1" / "build.json").read_text())
     entry = manifest["plans"][s.plan_file]
-    assert T.same_tensorrt(entry["tensorrt"], defaults.NGC_TENSORRT_VERSION)
+    assert same_tensorrt(entry["tensorrt"], defaults.NGC_TENSORRT_VERSION)
     assert entry["compute_capability"] == s.cc and entry["precision"] == precision
     assert entry["validation"]["max_abs_error"] <= spec.models[0].tolerance[precision].atol + 1e-2
     assert entry["engine"]["profiles"][0]["image"] == [[1, 3, 32, 32], [8, 3, 32, 32], [16, 3, 32, 32]]
-    out = T.run_plan(repo / "cnn" / "1" / s.plan_file, {"image": cnn_images(3)})
+    out = run_plan(repo / "cnn" / "1" / s.plan_file, {"image": cnn_images(3)})
     assert out["logits"].shape == (3, 10)
-    assert build(p, repo, spec=spec, progress=False)[0].status == "current"
-    (again,) = build(p, repo, spec=spec, progress=False, force=True)
+    assert build(repo, progress=False)[0].status == "current"
+    (again,) = build(repo, progress=False, force=True)
     manifest = json.loads((repo / "cnn" / "1" / "build.json").read_text())
     assert manifest["plans"][s.plan_file]["engine"]["timing_cache"] == "loaded", again.summary()

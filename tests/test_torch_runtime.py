@@ -49,7 +49,7 @@ def torch_server(tmp_path_factory):
     p = cpu_variant(gpu_plan)
     repo = tmp_path_factory.mktemp("torch") / "repo"
     write_repository(p, repo)
-    build(p, repo, spec=spec, progress=False)
+    build(repo, spec=spec, progress=False)
     http, grpc, metrics = free_ports(3)
     with EmbeddedServer(ServerOptions(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics)) as s:
         yield s, repo

@@ -1,12 +1,24 @@
 """Tiny real models for build tests, each with the spec that serves it and a check of its numbers.
 
 No torchvision and no downloads: the weights come from a fixed seed, so every run exports the same graph.
+The exporters here (any torch.nn.Module -> ONNX, an onnx.helper graph) serve tests only; tritonkit's own
+export is tritonkit.export.export_sentence_embedding.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from tritonkit.compare import ValidationResult, compare_outputs, run_onnx
+from tritonkit.defaults import ONNX_OPSET
+from tritonkit.errors import UserError
+from tritonkit.export import EXPORTER, ExportResult, check_opset, read_onnx_signature, torch_onnx_export
 from tritonkit.spec import Tensor
 
 # The CNN's tensors as the spec declares them (batch axis named): the same values drive the YAML below,
@@ -69,9 +81,122 @@ def export_cnn(folder: Path, *, opset: int | None = None):
     """The CNN exported to ``folder/cnn.onnx``; the spec's named axes (CNN_TENSORS) are its ONNX dynamic axes."""
     import torch
 
-    from tritonkit import defaults
-    from tritonkit.export import dynamic_axes_for, export_torch_onnx
     model = tiny_cnn()
     return model, export_torch_onnx(model, {"image": torch.from_numpy(cnn_images(2))}, Path(folder) / "cnn.onnx",
                                     output_names=["logits"], dynamic_axes=dynamic_axes_for(CNN_TENSORS),
-                                    opset=opset or defaults.ONNX_OPSET)
+                                    opset=opset or ONNX_OPSET)
+
+
+# --------------------------------------------------------------------------------------------------
+# Any torch.nn.Module -> ONNX, validated against the module (the tiny CNN's path)
+# --------------------------------------------------------------------------------------------------
+def dynamic_axes_for(tensors: Sequence[Any]) -> dict[str, dict[int, str]]:
+    """The spec's named axes as torch.onnx ``dynamic_axes``: ``{tensor: {dim index: axis name}}``.
+
+    ``tensors`` are spec.Tensor / TensorSig (batch axis included). One set of names drives ONNX, the
+    TensorRT profiles and Triton's -1 dims, so they cannot disagree.
+    """
+    return {t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str)} for t in tensors
+            if any(isinstance(d, str) for d in t.dims)}
+
+
+def export_torch_onnx(module, example_inputs: Mapping[str, Any], out_path: Path, *, output_names: Sequence[str],
+                      dynamic_axes: Mapping[str, Mapping[int, str]], opset: int = ONNX_OPSET) -> ExportResult:
+    """``module(*example_inputs.values())`` -> one checked ONNX file (the same exporter call as MiniLM's).
+
+    ``example_inputs`` maps graph input names to example tensors, in the order ``forward`` takes them.
+    Every axis named in ``dynamic_axes`` is dynamic in the file (``dim_param`` = the axis name). The file
+    passes ``onnx.checker`` (full check) and appears at ``out_path`` atomically, or not at all.
+    """
+    started = time.perf_counter()
+    out_path = Path(out_path)
+    check_opset(opset)
+    unknown = sorted(set(dynamic_axes) - set(example_inputs) - set(output_names))
+    if unknown:
+        raise UserError("dynamic_axes names tensors the export does not have", actual=unknown,
+                        expected=f"some of {[*example_inputs, *output_names]}")
+    import onnx
+    import torch
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))
+    try:
+        raw = tmp_dir / "raw.onnx"
+        torch_onnx_export(module.eval(), tuple(example_inputs.values()), raw,
+                          input_names=list(example_inputs), output_names=list(output_names),
+                          dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()}, opset=opset)
+        model = onnx.load(str(raw))
+        model.metadata_props.add(key="tritonkit.exporter", value=f"{EXPORTER} torch {torch.__version__}")
+        onnx.checker.check_model(model, full_check=True)
+        final = tmp_dir / "model.onnx"
+        onnx.save(model, str(final), save_as_external_data=False)
+        os.replace(final, out_path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    inputs, outputs = read_onnx_signature(out_path)
+    return ExportResult(path=out_path, opset=opset, exporter=f"{EXPORTER} torch {torch.__version__}",
+                        inputs=inputs, outputs=outputs, seconds=time.perf_counter() - started)
+
+
+def validate_onnx_against_torch(onnx_path: Path, module, feeds: Mapping[str, Any], *, atol: float, rtol: float = 0.0,
+                                min_cosine: float = 0.0) -> ValidationResult:
+    """Run ``module`` (PyTorch, FP32) and the ONNX file (ONNX Runtime) on the same ``feeds`` and compare.
+
+    ``feeds``: numpy arrays by graph input name, in ``forward``'s argument order; axis 0 = samples.
+    Outputs are matched by position (torch returns a tensor or a tuple) and compared by name.
+    """
+    import numpy as np
+    import torch
+    with torch.no_grad():
+        out = module.eval()(*(torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()))
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    candidate = run_onnx(onnx_path, feeds)
+    if len(outs) != len(candidate):
+        raise UserError("the ONNX graph has another number of outputs than the module", where=str(onnx_path),
+                        actual=len(candidate), expected=len(outs))
+    reference = {name: o.detach().cpu().numpy() for name, o in zip(candidate, outs)}
+    return compare_outputs(reference, candidate, atol=atol, rtol=rtol, min_cosine=min_cosine)
+
+
+# --------------------------------------------------------------------------------------------------
+# y = relu(x @ W + b), built with onnx.helper (no torch): the fast serving tests' model
+# --------------------------------------------------------------------------------------------------
+def tiny_weights(in_features: int = 4, out_features: int = 3, seed: int = 0):
+    """The fixed weights of :func:`export_tiny_onnx` (W: [in, out], b: [out], float32)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((in_features, out_features)).astype(np.float32)
+    b = rng.standard_normal(out_features).astype(np.float32)
+    return w, b
+
+
+def export_tiny_onnx(out_path: Path, *, input_name: str = "x", output_name: str = "y", batch_axis: str = "batch",
+                     in_features: int = 4, out_features: int = 3, seed: int = 0,
+                     opset: int = ONNX_OPSET) -> ExportResult:
+    """``y = relu(x @ W + b)``: FP32 [batch, in] -> FP32 [batch, out], weights from :func:`tiny_weights`.
+
+    Deterministic (same arguments -> same bytes) and checked. IR version is the lowest that supports
+    ``opset``, so older runtimes load it.
+    """
+    started = time.perf_counter()
+    out_path = Path(out_path)
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    w, b = tiny_weights(in_features, out_features, seed)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", [input_name, "W"], ["xw"]),
+         helper.make_node("Add", ["xw", "b"], ["xwb"]),
+         helper.make_node("Relu", ["xwb"], [output_name])],
+        "tiny_relu_linear",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch_axis, in_features])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch_axis, out_features])],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="tritonkit",
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    onnx.checker.check_model(model, full_check=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_bytes(model.SerializeToString())
+    inputs, outputs = read_onnx_signature(out_path)
+    return ExportResult(path=out_path, opset=opset, exporter=f"onnx.helper onnx {onnx.__version__}",
+                        inputs=inputs, outputs=outputs, seconds=time.perf_counter() - started)

@@ -1,4 +1,5 @@
-"""A stand-in for the three TensorRT calls tritonkit makes, for machines where TensorRT cannot be installed.
+"""A stand-in for the three TensorRT calls tritonkit makes (tritonkit.trt_engine), for machines where TensorRT
+cannot be installed.
 
 Only these are replaced: ``require_build_host`` (which TensorRT and GPU this host has),
 ``build_engine`` (writes a small "plan" file that records its settings instead of an engine) and
@@ -7,6 +8,12 @@ changed by ``perturb`` to play a plan of lower precision). Everything around the
 code: builder settings, the ONNX export and checks, the Q/DQ check, validation against ONNX Runtime
 with the plan's tolerance, staging, build.json, reproduce.sh, and the render/serve refusals. Tests
 that need the real engine are in tests/test_tensorrt.py and run where ``tensorrt`` imports.
+
+Unperturbed, "running" a plan returns exactly the reference outputs, so validation measures 0.0 whatever
+it compares: a test of the measured error must perturb by a known amount and assert that amount.
+
+The graph those builds start from is :func:`write_cnn_onnx`: the tiny CNN's signature (tests/tiny_models.py's
+CNN_SPEC) built with onnx.helper, so these tests export nothing with torch and stay in the fast suite.
 """
 
 from __future__ import annotations
@@ -28,11 +35,12 @@ class StandIn:
 
 
 def install(monkeypatch, stand_in: StandIn) -> StandIn:
-    from tritonkit import tensorrt as T
-    from tritonkit.export import run_onnx
+    from tritonkit import trt_engine
+    from tritonkit.compare import run_onnx
+    from tritonkit.trt_settings import profile_record
 
     def require_build_host(plan, targets, *, repo=None):
-        return T.BuildHost(tensorrt_version=stand_in.version, gpu=stand_in.gpu)
+        return trt_engine.BuildHost(tensorrt_version=stand_in.version, gpu=stand_in.gpu)
 
     def build_engine(settings, onnx_path, out_path, cache_path, *, on_phase=None):
         if on_phase is not None:
@@ -42,15 +50,46 @@ def install(monkeypatch, stand_in: StandIn) -> StandIn:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         cache_path.write_bytes(b"stand-in timing cache")
         stand_in.builds.append((settings, Path(onnx_path)))
-        return T.EngineReport(seconds=0.0, tensorrt_version=stand_in.version, timing_cache="new",
-                              profiles=[T.profile_record(p) for p in settings.profiles], io={},
-                              size_bytes=out_path.stat().st_size)
+        return trt_engine.EngineReport(seconds=0.0, tensorrt_version=stand_in.version, timing_cache="new",
+                                       profiles=[profile_record(p) for p in settings.profiles], io={},
+                                       size_bytes=out_path.stat().st_size)
 
     def run_plan(plan_path, feeds, *, profile=0):
         built_from = json.loads(Path(plan_path).read_bytes())["onnx"]
         return stand_in.perturb(run_onnx(Path(built_from), feeds))
 
-    monkeypatch.setattr(T, "require_build_host", require_build_host)
-    monkeypatch.setattr(T, "build_engine", build_engine)
-    monkeypatch.setattr(T, "run_plan", run_plan)
+    # build.py looks these up on the module at call time, so they are replaced where it looks.
+    monkeypatch.setattr(trt_engine, "require_build_host", require_build_host)
+    monkeypatch.setattr(trt_engine, "build_engine", build_engine)
+    monkeypatch.setattr(trt_engine, "run_plan", run_plan)
     return stand_in
+
+
+def write_cnn_onnx(folder: Path, name: str = "cnn.onnx", seed: int = 0) -> Path:
+    """image FP32 [batch, 3, 32, 32] -> Conv 3x3 (8) ReLU GlobalAveragePool Flatten MatMul+Add -> logits [batch, 10].
+
+    Fixed-seed weights: logits of magnitude ~1, so FP16 rounding shows (~1e-3) and stays inside tolerance.fp16."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tritonkit.defaults import ONNX_OPSET
+    rng = np.random.default_rng(seed)
+    weights = {"conv_w": rng.standard_normal((8, 3, 3, 3)) / 3, "conv_b": rng.standard_normal(8) / 10,
+               "fc_w": rng.standard_normal((8, 10)) / 2, "fc_b": rng.standard_normal(10) / 10}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["conv"], ["relu"]),
+         helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+         helper.make_node("Flatten", ["pool"], ["flat"], axis=1),
+         helper.make_node("MatMul", ["flat", "fc_w"], ["fc"]),
+         helper.make_node("Add", ["fc", "fc_b"], ["logits"])], "tiny_cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        initializer=[numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()])
+    opsets = [helper.make_opsetid("", ONNX_OPSET)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+    onnx.checker.check_model(model, full_check=True)
+    path = Path(folder) / name
+    path.write_bytes(model.SerializeToString())
+    return path

@@ -39,10 +39,9 @@ def table() -> str:
                 continue
             enc = p.model("minilm_encoder")
             params = dict(enc.parameters)
-            label = enc.backend + (f" ({enc.runtime})" if enc.runtime else "")
             g = enc.instances[0]
             threads = f" x {params['intra_op_thread_count']} thr" if "intra_op_thread_count" in params else ""
-            rows.append(f"{facts} {server} | {label} | {enc.precision} | {g.count} x {g.kind}{threads} | "
+            rows.append(f"{facts} {server} | {enc.label} | {enc.precision} | {g.count} x {g.kind}{threads} | "
                         f"{params.get('compile_mode', '-')} | {enc.batching.max_queue_delay_us} us | "
                         f"{', '.join(f for _, f in enc.cc_model_filenames) or '-'} |")
     return "\n".join(rows)

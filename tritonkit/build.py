@@ -9,7 +9,7 @@ is not rebuilt.
 
 | plan row                    | artifact            | proof                                                          |
 |-----------------------------|---------------------|----------------------------------------------------------------|
-| python (tokenizers)         | tokenizer.json ...  | loads in `tokenizers` (export.copy_tokenizer)                  |
+| python (tokenizers)         | tokenizer.json ...  | loads in `tokenizers` (tokenizer_files.copy_tokenizer)         |
 | onnxruntime / python (ort)  | model.onnx          | sentence-transformers source: export + onnx.checker + values vs |
 |                             |                     | SentenceTransformer.encode; onnx source: signature + a run     |
 | tensorrt                    | model.sm<cc>.plan   | the ONNX above, then the plan vs ONNX Runtime on the same      |
@@ -40,10 +40,9 @@ from . import __version__, defaults
 from .errors import UserError
 from .plan import Plan, TritonModel
 from .render import MANIFEST, VERSION
-from .spec import ModelSpec, Spec, load_spec
+from .spec import ModelSpec, Spec
 
 REPRODUCE = "reproduce.sh"
-Plans = Plan | tuple[Plan, ...]
 
 
 @dataclass(frozen=True)
@@ -64,11 +63,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def label(model: TritonModel) -> str:
-    """The plan row of a model: backend, plus the runtime a python/onnxruntime model runs ("python (onnxruntime)")."""
-    return model.backend + (f" ({model.runtime})" if model.runtime else "")
 
 
 # --- what a build is made of -------------------------------------------------------------------------
@@ -96,7 +90,7 @@ class BuildContext:
 
 def _resolve_source(spec_model: ModelSpec) -> Path:
     if spec_model.source.format == "sentence-transformers":
-        from .export import resolve_sentence_transformer
+        from .sources import resolve_sentence_transformer
         return resolve_sentence_transformer(spec_model.source.path)
     if spec_model.source.path.startswith("pkg:"):
         raise UserError("pkg: sources are sentence-transformers folders", where=f"{spec_model.name}: source.path",
@@ -116,7 +110,7 @@ def _recipe(model: TritonModel, spec_model: ModelSpec, source_sha: str) -> dict:
     """Everything that determines the artifact's bytes or its proof; a change in any of it means rebuild."""
     return {
         "source": {"format": spec_model.source.format, "path": spec_model.source.path, "sha256": source_sha},
-        "backend": label(model), "precision": model.precision, "opset": defaults.ONNX_OPSET,
+        "backend": model.label, "precision": model.precision, "opset": defaults.ONNX_OPSET,
         "inputs": [[t.name, t.dtype, list(t.dims)] for t in spec_model.inputs],
         "outputs": [[t.name, t.dtype, list(t.dims)] for t in spec_model.outputs],
         "axes": {n: [a.min, a.opt, a.max] for n, a in sorted(spec_model.axes.items())},
@@ -147,27 +141,28 @@ def _is_current(folder: Path, names: tuple[str, ...], recipe: dict, plan_file: s
 # --- one builder per plan row (table; a miss raises) -------------------------------------------------
 
 def _build_tokenizer(ctx: BuildContext) -> dict:
-    from .export import copy_tokenizer
+    from .tokenizer_files import copy_tokenizer
     copy_tokenizer(ctx.source, ctx.stage)
     return {"tool": "tokenizers files copied from the sentence-transformers source"}
 
 
 def _check_outputs(outputs: dict, spec_model: ModelSpec, which: str, where: str) -> None:
-    from .export import NUMPY_DTYPES
+    from .dtypes import DTYPES
     for t in spec_model.outputs:
         if t.name not in outputs:
             raise UserError(f"the model has no output '{t.name}'", where=where, actual=sorted(outputs),
                             expected=[o.name for o in spec_model.outputs])
         want = spec_model.shape(t.dims, which)
         got = outputs[t.name]
-        if tuple(got.shape) != want or str(got.dtype) != NUMPY_DTYPES.get(t.dtype, "?"):
+        if tuple(got.shape) != want or str(got.dtype) != DTYPES[t.dtype].numpy:
             raise UserError(f"output '{t.name}' does not match the spec at the {which} shapes", where=where,
-                            actual=f"{got.dtype} {list(got.shape)}", expected=f"{NUMPY_DTYPES.get(t.dtype)} {list(want)}")
+                            actual=f"{got.dtype} {list(got.shape)}", expected=f"{DTYPES[t.dtype].numpy} {list(want)}")
 
 
 def _check_onnx(ctx: BuildContext, path: Path) -> dict:
     """An ONNX file given as the source: its signature must be the spec's, and it must run at the opt shapes."""
-    from .export import TensorSig, check_signature, run_onnx, synthetic_feeds
+    from .compare import run_onnx, synthetic_feeds
+    from .export import TensorSig, check_signature
     sm = ctx.spec_model
     where = f"{sm.name}: source {sm.source.path}"
     check_signature(path, tuple(TensorSig(t.name, t.dtype, t.dims) for t in sm.inputs),
@@ -180,7 +175,8 @@ def _check_onnx(ctx: BuildContext, path: Path) -> dict:
 
 def _make_onnx(ctx: BuildContext, out: Path) -> dict:
     """The FP32 ONNX graph of the source at ``out``, proven: exported and validated, or copied and run."""
-    from .export import TensorSig, check_signature, export_sentence_embedding, validate_sentence_embedding
+    from .compare import validate_sentence_embedding
+    from .export import TensorSig, check_signature, export_sentence_embedding
     sm = ctx.spec_model
     expected_in = tuple(TensorSig(t.name, t.dtype, t.dims) for t in sm.inputs)
     expected_out = tuple(TensorSig(t.name, t.dtype, t.dims) for t in sm.outputs)
@@ -188,7 +184,12 @@ def _make_onnx(ctx: BuildContext, out: Path) -> dict:
     if sm.source.format == "onnx":
         ctx.step("copying and checking the ONNX source")
         shutil.copyfile(ctx.source, out)
-        return {"tool": "copied from the ONNX source", **_check_onnx(ctx, out)}
+        data = _external_data(ctx.source)
+        for rel in data:   # weights beside the graph (models over 2 GB, or saved that way): ONNX reads them from there
+            (out.parent / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ctx.source.parent / rel, out.parent / rel)
+        return {"tool": "copied from the ONNX source", **({"external_data": data} if data else {}),
+                **_check_onnx(ctx, out)}
     if sm.source.format != "sentence-transformers":
         raise UserError("no ONNX export for this source format", where=where, actual=sm.source.format,
                         expected="sentence-transformers or onnx")
@@ -214,13 +215,27 @@ def _make_onnx(ctx: BuildContext, out: Path) -> dict:
                            "reference": "SentenceTransformer.encode(normalize_embeddings=True)"}}
 
 
+def _external_data(path: Path) -> list[str]:
+    """Files an ONNX model keeps its tensors in (paths relative to the model), each checked to exist."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+    model = onnx.load(str(path), load_external_data=False)
+    files = sorted({ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)})
+    for rel in files:
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or not (path.parent / rel).is_file():
+            raise UserError("an external-data file of the ONNX model is missing or outside its folder",
+                            where=str(path), actual=rel, expected="a file beside the model",
+                            fix="keep the model's .data/.bin files next to the .onnx (as onnx.save wrote them)")
+    return files
+
+
 def _build_onnx(ctx: BuildContext) -> dict:
     return _make_onnx(ctx, ctx.stage / ctx.model.artifacts[0])
 
 
 def _plan_feeds(ctx: BuildContext, settings) -> list[tuple[str, dict]]:
     """Inputs a plan is validated on: real sentences for text embeddings, else the profile's min/opt/max shapes."""
-    from .export import sentence_features, synthetic_feeds
+    from .compare import sentence_features, synthetic_feeds
     if ctx.spec_model.pipeline == "text-embedding":
         feats = sentence_features(ctx.source)
         return [(f"{len(defaults.VALIDATION_SENTENCES)} validation sentences", feats)]
@@ -231,9 +246,12 @@ def _plan_feeds(ctx: BuildContext, settings) -> list[tuple[str, dict]]:
 
 
 def _build_tensorrt(ctx: BuildContext) -> dict:
-    from . import tensorrt as T
-    from .export import compare_outputs, quantize_ops, run_onnx
-    settings = T.builder_settings(ctx.plan, ctx.model, ctx.spec_model)
+    from . import trt_engine as E   # looked up at call time: tests/trt_stand_in.py replaces the engine here
+    from .trt_manifest import plan_entry
+    from .trt_settings import builder_settings, require_quantized
+    from .compare import compare_outputs, run_onnx
+    from .export import quantize_ops
+    settings = builder_settings(ctx.plan, ctx.model)
     if ctx.host is None:   # build() checks the host first; a direct call without one is our bug
         raise AssertionError("TensorRT build without a checked build host")
     sm = ctx.spec_model
@@ -245,17 +263,17 @@ def _build_tensorrt(ctx: BuildContext) -> dict:
         onnx_path.parent.mkdir(parents=True, exist_ok=True)
         onnx_record = _make_onnx(ctx, onnx_path)
     onnx_record.update({"path": str(onnx_path), "sha256": sha256(onnx_path)})
-    T.require_quantized(settings, quantize_ops(onnx_path), where=f"{sm.name}: {onnx_path}", calibration=sm.calibration)
+    require_quantized(settings, quantize_ops(onnx_path), where=f"{sm.name}: {onnx_path}", calibration=sm.calibration)
     plan_path = ctx.stage / settings.plan_file
     cache_path = ctx.cache_dir / settings.timing_cache
     ctx.step(f"building {settings.plan_file} ({settings.precision.upper()}, TensorRT {ctx.host.tensorrt_version}, "
              f"{ctx.host.gpu.name})")
-    engine = T.build_engine(settings, onnx_path, plan_path, cache_path, on_phase=ctx.on_phase)
+    engine = E.build_engine(settings, onnx_path, plan_path, cache_path, on_phase=ctx.on_phase)
     ctx.step(f"validating {settings.plan_file} against ONNX Runtime")
     tol = sm.tolerance[settings.precision]
     runs, worst = [], None
     for what, feeds in _plan_feeds(ctx, settings):
-        check = compare_outputs(run_onnx(onnx_path, feeds), T.run_plan(plan_path, feeds), atol=tol.atol, rtol=tol.rtol,
+        check = compare_outputs(run_onnx(onnx_path, feeds), E.run_plan(plan_path, feeds), atol=tol.atol, rtol=tol.rtol,
                                 min_cosine=tol.min_cosine or 0.0)
         runs.append({"inputs": what, "max_abs_error": check.max_abs_error, "min_cosine": check.min_cosine,
                      "passed": check.passed})
@@ -274,7 +292,7 @@ def _build_tensorrt(ctx: BuildContext) -> dict:
     folder_rel = ctx.folder.resolve()
     ctx.trtexec = settings.trtexec_command(os.path.relpath(onnx_path.resolve(), folder_rel), settings.plan_file,
                                            os.path.relpath(cache_path.resolve(), folder_rel))
-    entry = T.plan_entry(settings, tensorrt_version=engine.tensorrt_version, gpu_name=ctx.host.gpu.name,
+    entry = plan_entry(settings, tensorrt_version=engine.tensorrt_version, gpu_name=ctx.host.gpu.name,
                          sha256=sha256(plan_path), onnx=onnx_record, validation=validation,
                          engine={"seconds": round(engine.seconds, 1), "timing_cache": engine.timing_cache,
                                  "profiles": engine.profiles, "io": engine.io, "size_bytes": engine.size_bytes},
@@ -311,36 +329,24 @@ def _build_torch(ctx: BuildContext) -> dict:
                            "device": r.device, "reference": "SentenceTransformer.encode(normalize_embeddings=True)"}}
 
 
-BUILDERS: dict[tuple[str, str], Callable[[BuildContext], dict]] = {
-    ("tokenizer", "python (tokenizers)"): _build_tokenizer,
-    **{(role, row): builder for role in ("encoder", "model") for row, builder in (
-        ("python (onnxruntime)", _build_onnx),
-        ("onnxruntime", _build_onnx),
-        ("onnxruntime (tensorrt-ep)", _build_onnx),
-        ("tensorrt", _build_tensorrt),
-        ("pytorch", _build_torchscript),
-        ("python (torch)", _build_torch),
-    )},
+# The plan names each model's builder (policy.BackendRow.builder); a name missing here is our bug.
+BUILDERS: dict[str, Callable[[BuildContext], dict]] = {
+    "tokenizer": _build_tokenizer, "onnx": _build_onnx, "tensorrt": _build_tensorrt,
+    "torchscript": _build_torchscript, "torch": _build_torch,
 }
 
 
 # --- reproduce.sh ------------------------------------------------------------------------------------
 
-def _gpu_arg(plan: Plan) -> str:
-    hw = plan.hardware
-    if hw.source == "detected":
-        return "auto" if hw.gpus else "none"
-    return ",".join(g.name for g in hw.gpus) or "none"
-
-
-def reproduce_script(plan: Plan, repo: Path, trtexec: list[str] | None = None) -> str:
-    """``reproduce.sh``: the tritonkit build line; for a plan also ``reproduce.sh trtexec``, the same plan
-    with trtexec (paths relative to this folder; run it in the serving release's TensorRT image)."""
-    cmd = ["tritonkit", "build", "--spec", str(Path(plan.spec_path).resolve()), "--server", plan.server.name,
-           "--gpu", _gpu_arg(plan), "--repo", str(Path(repo).resolve()), "--force"]
-    head = "#!/usr/bin/env bash\n# Rebuilds the artifacts in this folder exactly as tritonkit did.\n"
+def reproduce_script(plan: Plan, trtexec: list[str] | None = None) -> str:
+    """``reproduce.sh``: the tritonkit build line (the repository's own plan.json says what to build); for a
+    plan also ``reproduce.sh trtexec``, the same plan with trtexec (paths relative to this folder; run it in
+    the serving release's TensorRT image)."""
+    head = ("#!/usr/bin/env bash\n# Rebuilds the artifacts in this folder exactly as tritonkit did, from the plan in the "
+            "repository (two levels up).\n")
+    build_line = 'tritonkit build --repo "$(dirname "$0")/../.." --force\n'
     if trtexec is None:
-        return head + "set -euo pipefail\n" + shlex.join(cmd) + "\n"
+        return head + "set -euo pipefail\n" + build_line
     cc = f"{plan.gpu.compute_capability[0]}.{plan.gpu.compute_capability[1]}" if plan.gpu else "?"
     return (head +
             "#   ./reproduce.sh           tritonkit build: export, build, validate against ONNX Runtime, build.json\n"
@@ -352,7 +358,7 @@ def reproduce_script(plan: Plan, repo: Path, trtexec: list[str] | None = None) -
             '  cd "$(dirname "$0")"\n'
             f"  {shlex.join(trtexec)}\n"
             "  exit 0\n"
-            "fi\n" + shlex.join(cmd) + "\n")
+            "fi\n" + build_line)
 
 
 # --- one model -----------------------------------------------------------------------------------------
@@ -372,16 +378,13 @@ def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Pat
     plan_file = None
     names = model.artifacts
     if model.backend == "tensorrt":
-        from .tensorrt import builder_settings
-        settings = builder_settings(plan, model, spec_model)
+        from .trt_settings import builder_settings
+        settings = builder_settings(plan, model)
         recipe["tensorrt"] = settings.record()
         plan_file, names = settings.plan_file, (settings.plan_file,)
     if not force and _is_current(folder, names, recipe, plan_file):
         return BuildResult(model.name, names, "current", 0.0, "(manifest matches the plan)")
-    builder = BUILDERS.get((model.role, label(model)))
-    if builder is None:
-        raise UserError("no builder for this model", where=model.name, actual=(model.role, label(model)),
-                        expected=sorted(BUILDERS))
+    builder = BUILDERS[model.builder]
     folder.mkdir(parents=True, exist_ok=True)
     stage = folder.parent / f".build-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
@@ -407,7 +410,7 @@ def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Pat
                                                           "compute_capability": list(plan.gpu.compute_capability)},
                     "precision": model.precision, "python": sys.version.split()[0], **record}
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        (stage / REPRODUCE).write_text(reproduce_script(plan, repo, ctx.trtexec))
+        (stage / REPRODUCE).write_text(reproduce_script(plan, ctx.trtexec))
         (stage / REPRODUCE).chmod(0o755)
         staged = [n for n in _staged_files(stage) if n not in (REPRODUCE, MANIFEST)]
         for name in [*staged, REPRODUCE, MANIFEST]:       # manifest last: it vouches for the files before it
@@ -422,23 +425,26 @@ def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Pat
         detail = f"max abs error {v['max_abs_error']:.2e}, min cosine {v['min_cosine']:.7f} vs {ref}"
     elif "smoke" in record or "check" in record:
         detail = "signature matches the spec; ran at the spec's shapes"
-    if label(model) == "onnxruntime (tensorrt-ep)":
+    if model.label == "onnxruntime (tensorrt-ep)":
         detail += ("; no TensorRT plan built (plan without TensorRT builds): the server's ONNX Runtime builds "
                    "TensorRT engines at load time")
     return BuildResult(model.name, names, "built", time.perf_counter() - started, detail.lstrip("; "))
 
 
 def _source_of(spec_model: ModelSpec) -> tuple[Path, str]:
-    from .export import source_sha256
+    """The resolved source and its digest; an ONNX model's external-data files are part of its bytes."""
+    from .sources import source_sha256
     src = _resolve_source(spec_model)
-    return src, source_sha256(src)
+    digest = source_sha256(src)
+    if spec_model.source.format == "onnx":
+        data = _external_data(src)
+        if data:
+            digest = hashlib.sha256(" ".join([digest, *(f"{rel}:{sha256(src.parent / rel)}" for rel in data)])
+                                    .encode()).hexdigest()
+    return src, digest
 
 
 # --- the whole plan (or a fleet of plans) --------------------------------------------------------------
-
-def _as_tuple(plans: Plans) -> tuple[Plan, ...]:
-    return plans if isinstance(plans, tuple) else (plans,)
-
 
 def _jobs(plans: tuple[Plan, ...]) -> list[tuple[Plan, TritonModel]]:
     """(plan, model) per artifact set: shared artifacts once (first plan); TensorRT plans once per architecture."""
@@ -455,29 +461,29 @@ def _jobs(plans: tuple[Plan, ...]) -> list[tuple[Plan, TritonModel]]:
     return jobs
 
 
-def build(plans: Plans, repo: Path, *, spec: Spec | None = None, force: bool = False,
-          progress: bool = True) -> list[BuildResult]:
-    """Build what the plan (or every plan of a fleet) names into ``repo``; return one result per artifact set.
+def build(repo: Path, *, force: bool = False, progress: bool = True, spec: Spec | None = None) -> list[BuildResult]:
+    """Build what the repository's plan (or every plan of its fleet) names into it; one result per artifact set.
 
-    Before any work: the repository must be rendered from the same plan(s), and TensorRT plans that are
-    not current need this host to run the serving release's TensorRT on a GPU of their architecture. In a
-    fleet, plans for the other architectures are reported "skipped" (build them on such a GPU).
+    The plan comes from the repository's plan.json, the spec through the plan (refused if edited since).
+    Before any work: the rendered files must still be what the plan renders, and TensorRT plans that are
+    not current need this host to run the serving release's TensorRT on a GPU of their architecture
+    (nothing else about the host matters). In a fleet, plans for the other architectures are reported
+    "skipped" (build them on such a GPU). ``spec``: the spec already loaded by a caller that just planned
+    from it (demo), checked against the plan's digest instead of read again.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .render import PLAN_FILE, check_repository
-    plans = _as_tuple(plans)
+    from . import plan_file
+    from .render import check_repository
     repo = Path(repo)
-    if not (repo / PLAN_FILE).is_file():
-        raise UserError("not a rendered repository", where=str(repo), actual="no plan.json",
-                        expected="a folder written by `tritonkit render`", fix=f"run `tritonkit render --out {repo}`")
-    drift = check_repository(plans if len(plans) > 1 else plans[0], repo)
+    plans = plan_file.read_plans(repo)
+    drift = check_repository(plans, repo)
     if drift.missing or drift.changed:
-        raise UserError("the repository was rendered for a different plan than this build's", where=str(repo),
+        raise UserError("the repository's files are not what its plan.json renders (edited by hand?)", where=str(repo),
                         actual=f"differs in {', '.join((drift.missing + drift.changed)[:4])}",
-                        expected="the plan of the same --spec/--gpu/--server",
-                        fix="re-run `tritonkit render` with the same flags, then build")
-    spec = spec or load_spec(plans[0].spec_path)
+                        expected="the files `tritonkit render` wrote",
+                        fix=f"re-render (`tritonkit render --plan {repo / plan_file.PLAN_FILE} --out {repo}`), then build")
+    spec = plan_file.load_spec(plans) if spec is None or spec.sha256 != plans[0].spec.sha256 else spec
     sources = {m.name: _source_of(m) for m in spec.models
                if any(tm.source_model == m.name and tm.artifacts for tm in plans[0].models)}
     jobs = _jobs(plans)
@@ -485,8 +491,8 @@ def build(plans: Plans, repo: Path, *, spec: Spec | None = None, force: bool = F
     trt_jobs = [(p, m) for p, m in jobs if m.backend == "tensorrt" and (force or not _plan_current(p, m, spec, repo,
                                                                                                   sources))]
     if trt_jobs:
-        from .tensorrt import require_build_host
-        host = require_build_host(plans[0], sorted({tuple(p.gpu.compute_capability) for p, _ in trt_jobs if p.gpu}),
+        from . import trt_engine
+        host = trt_engine.require_build_host(plans[0], sorted({tuple(p.gpu.compute_capability) for p, _ in trt_jobs if p.gpu}),
                                   repo=repo)
         for p, m in trt_jobs:
             if tuple(p.gpu.compute_capability) != tuple(host.gpu.compute_capability):
@@ -519,9 +525,9 @@ def build(plans: Plans, repo: Path, *, spec: Spec | None = None, force: bool = F
 
 
 def _plan_current(plan: Plan, model: TritonModel, spec: Spec, repo: Path, sources: dict) -> bool:
-    from .tensorrt import builder_settings
+    from .trt_settings import builder_settings
     spec_model = spec.model(model.source_model)
-    settings = builder_settings(plan, model, spec_model)
+    settings = builder_settings(plan, model)
     recipe = _recipe(model, spec_model, sources[model.source_model][1])
     recipe["tensorrt"] = settings.record()
     return _is_current(repo / model.name / VERSION, (settings.plan_file,), recipe, settings.plan_file)

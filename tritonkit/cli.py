@@ -25,26 +25,46 @@ def _console(stderr: bool = False):
 
 # --- shared pieces ---------------------------------------------------------------------------------
 
+# Planning flags default to None so that a step given a finished plan (--plan, --check) can tell that one
+# was passed and refuse it: a plan is decided once, flags never re-decide it later.
+PLANNING_DEFAULTS = {"spec": defaults.DEFAULT_SPEC, "gpu": "auto", "cpus": None, "server": "embedded",
+                     "ngc_release": None, "allow_insecure_release": False, "no_tensorrt": False}
+
+
 def _planning_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("what to plan for")
-    g.add_argument("--spec", type=Path, default=defaults.DEFAULT_SPEC, help="model spec YAML (default: %(default)s)")
-    g.add_argument("--gpu", default="auto",
-                   help="auto (detect), none, a catalogue name (T4, A100, H100, ...), or sm=40,cc=7.5,mem=16GiB")
-    g.add_argument("--server", choices=("embedded", "ngc"), default="embedded",
-                   help="serving Triton: the embedded PyPI tritonserver (python backend only) or the NGC image")
+    g = p.add_argument_group("what to plan for (planning only: later steps read the plan from the repository)")
+    g.add_argument("--spec", type=Path, default=None, help=f"model spec YAML (default: {defaults.DEFAULT_SPEC})")
+    g.add_argument("--gpu", default=None,
+                   help="auto (detect; the default), none, a catalogue name (T4, A100, H100, ...), a fleet "
+                        "(T4,L4,H100), or sm=40,cc=7.5,mem=16GiB")
+    g.add_argument("--cpus", type=int, default=None, metavar="N",
+                   help="CPU cores of the target, for models planned on the CPU (default: this host's)")
+    g.add_argument("--server", choices=("embedded", "ngc"), default=None,
+                   help="serving Triton: the embedded PyPI tritonserver (python backend only; the default) or the "
+                        "NGC image")
     g.add_argument("--ngc-release", default=None, metavar="YY.MM",
                    help=f"NGC tritonserver release to render for (default: the pinned {defaults.NGC_RELEASE})")
-    g.add_argument("--allow-insecure-release", action="store_true",
+    g.add_argument("--allow-insecure-release", action="store_true", default=None,
                    help=f"accept an NGC release older than {defaults.NGC_SECURE_FLOOR} (before the 2025 security fixes)")
-    g.add_argument("--no-tensorrt", action="store_true",
+    g.add_argument("--no-tensorrt", action="store_true", default=None,
                    help="NGC target where no TensorRT plan can be built: ONNX Runtime with its TensorRT accelerator")
 
 
-def _capabilities(args, hardware, server):
-    from .policy import Capabilities
+def _given_planning_flags(args) -> list[str]:
+    return [f"--{k.replace('_', '-')}" for k in PLANNING_DEFAULTS if getattr(args, k, None) is not None]
+
+
+def _planning(args) -> argparse.Namespace:
+    """The planning flags with their defaults filled in."""
+    return argparse.Namespace(**{k: v if (v := getattr(args, k, None)) is not None else d
+                                 for k, d in PLANNING_DEFAULTS.items()})
+
+
+def _capabilities(flags, hardware, server):
+    from .plan import Capabilities
     # Plans are built only for a TensorRT we know the server has (the pinned release's).
-    caps = Capabilities(tensorrt_build=not getattr(args, "no_tensorrt", False) and server.tensorrt_version is not None)
-    if args.server == "embedded" and hardware.gpus:  # only the PyTorch path needs torch's own threshold
+    caps = Capabilities(tensorrt_build=not flags.no_tensorrt and server.tensorrt_version is not None)
+    if flags.server == "embedded" and hardware.gpus:  # only the PyTorch path needs torch's own threshold
         from dataclasses import replace
 
         from .torch_facts import inductor_min_sms
@@ -54,23 +74,26 @@ def _capabilities(args, hardware, server):
 
 
 def _make_plans(args):
-    """One plan, or one per GPU type when --gpu names a fleet (T4,L4,H100)."""
+    """(spec, plans): one plan, or one per GPU type when --gpu names a fleet (T4,L4,H100)."""
     from .hardware import resolve
     from .policy import plan_fleet
     from .servers import server_target
     from .spec import load_spec
-    hardware = resolve(args.gpu)
-    server = server_target(args.server, getattr(args, "ngc_release", None), getattr(args, "allow_insecure_release", False))
-    return plan_fleet(load_spec(args.spec), hardware, server, _capabilities(args, hardware, server))
+    flags = _planning(args)
+    if flags.cpus is not None and flags.cpus < 1:
+        raise UserError("CPU cores must be >= 1", where="--cpus", actual=flags.cpus, expected=">= 1")
+    hardware = resolve(flags.gpu, flags.cpus)
+    server = server_target(flags.server, flags.ngc_release, flags.allow_insecure_release)
+    spec = load_spec(flags.spec)
+    return spec, plan_fleet(spec, hardware, server, _capabilities(flags, hardware, server))
 
 
-def _make_plan(args):
-    plans = _make_plans(args)
-    if len(plans) > 1:
-        raise UserError("this step targets one GPU type", where="--gpu", actual=args.gpu,
-                        expected="a single GPU type", fix="render fleets with `tritonkit render --gpu A,B`; build and "
-                        "serve on each host with its own GPU")
-    return plans[0]
+def _refuse_planning_flags(args, why: str) -> None:
+    given = _given_planning_flags(args)
+    if given:
+        raise UserError(f"planning flags given to a step that {why}", where="command line",
+                        actual=" ".join(given), expected="no planning flags", fix="plan again instead: `tritonkit render <flags> --out DIR` "
+                        "(or `tritonkit plan <flags> --out plan.json`)")
 
 
 def print_decisions(plans, console) -> None:
@@ -106,36 +129,63 @@ def cmd_detect(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    plans = _make_plans(args)
+    from .plan_file import plan_json
+    _, plans = _make_plans(args)
+    if args.out:
+        args.out.write_bytes(plan_json(plans))
     if args.json:
-        from .render import plan_record
-        records = [plan_record(p) for p in plans]
-        print(json.dumps(records[0] if len(records) == 1 else records, indent=2, sort_keys=True))
+        sys.stdout.write(plan_json(plans).decode())
     else:
         print_decisions(plans, _console())
+    if args.out:
+        _console().print(f"plan written to {args.out}; render it with `tritonkit render --plan {args.out} --out DIR`")
     return 0
 
 
+def _check(repo: Path, console) -> int:
+    """render --check: the repository against its own plan.json (never this host): the spec it was planned
+    from, what this tritonkit's policy decides from the same inputs, and the rendered files."""
+    from .plan_file import plan_differences, read_plans, replan
+    from .render import check_repository
+    plans = read_plans(repo)
+    try:
+        changes = plan_differences(plans, replan(plans))
+    except UserError as exc:
+        changes = [exc.render()]
+    drift = check_repository(plans, repo)
+    for line in changes:
+        console.print(f"plan: {line}")
+    for label, items in (("missing", drift.missing), ("changed", drift.changed), ("not rendered", drift.extra)):
+        for rel in items:
+            console.print(f"{label}: {rel}")
+    if drift.diff:
+        sys.stdout.write(drift.diff)
+    if drift.clean and not changes:
+        console.print(f"{repo}: up to date with its plan.json and spec ({len(list(repo.rglob('*')))} entries)")
+        return 0
+    console.print(f"{repo} differs from what its plan and spec render; run `tritonkit render` (with the flags you "
+                  "planned with) to update it")
+    return 1
+
+
 def cmd_render(args) -> int:
-    from .render import check_repository, render_files, validate_files, write_repository
-    plan = _make_plans(args)
+    from .render import render_files, validate_files, write_repository
     console = _console()
+    if args.check:
+        _refuse_planning_flags(args, "checks an existing plan")
+        if args.plan:
+            raise UserError("--check reads the repository's own plan.json", where="--plan", fix="drop --plan")
+        return _check(args.out, console)
+    if args.plan:
+        from .plan_file import read_plans
+        _refuse_planning_flags(args, "renders a finished plan (--plan)")
+        plan = read_plans(args.plan)
+    else:
+        _, plan = _make_plans(args)
     if args.explain:
         print_decisions(plan, console)
     files = render_files(plan)
     validate_files(plan, files)
-    if args.check:
-        drift = check_repository(plan, args.out, files)
-        if drift.clean:
-            console.print(f"{args.out}: up to date ({len(files)} files)")
-            return 0
-        for label, items in (("missing", drift.missing), ("changed", drift.changed), ("not rendered", drift.extra)):
-            for rel in items:
-                console.print(f"{label}: {rel}")
-        if drift.diff:
-            sys.stdout.write(drift.diff)
-        console.print(f"{args.out} differs from what would be rendered; run `tritonkit render` to update it")
-        return 1
     write_repository(plan, args.out, files)
     variants = "" if len(plan) == 1 else (f", {len(plan)} GPU variants (start each server with "
                                           f"--model-config-name=<variant>)")
@@ -146,9 +196,7 @@ def cmd_render(args) -> int:
 
 def cmd_build(args) -> int:
     from .build import build
-    plans = _make_plans(args)  # a fleet builds the artifacts of this host's GPU type, reports the others
-    results = build(plans if len(plans) > 1 else plans[0], args.repo, force=args.force)
-    for r in results:
+    for r in build(args.repo, force=args.force):   # a fleet builds this host's GPU type, reports the others
         print(r.summary())
     return 0
 
@@ -166,12 +214,16 @@ def cmd_serve(args) -> int:
         return serve_in_docker(_server_options(args), image=args.image)
     if args.image:
         raise UserError("--image needs --docker", where="--image", fix="add --docker, or drop --image")
+    from .plan_file import PLAN_FILE, check_serving_host, read_plans
     from .serve import serve
+    if (args.repo / PLAN_FILE).is_file():   # a hand-made Triton repository has no plan to hold the host to
+        check_serving_host(read_plans(args.repo), args.repo)
     return serve(_server_options(args))
 
 
 def _bench_and_report(model, url: str, args) -> int:
-    from .bench import print_report, run_bench, write_report
+    from .load import run_bench
+    from .report import print_report, write_report
     from .workload import bench_target
     target = bench_target(model, url, args.protocol, batch=args.batch)
     budget = args.budget_ms if args.budget_ms is not None else model.p99_budget_ms
@@ -184,11 +236,14 @@ def _bench_and_report(model, url: str, args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .spec import load_spec
-    spec = load_spec(args.spec)
-    model = spec.model(args.model) if args.model else spec.models[0]
+    from .plan_file import load_spec, read_plans
+    spec = load_spec(read_plans(args.repo))   # what the repository serves, as it was planned
+    models = (spec.model(args.model),) if args.model else spec.models
     port = args.grpc_port if args.protocol == "grpc" else args.http_port
-    return _bench_and_report(model, args.url or f"{defaults.BIND_ADDRESS}:{port}", args)
+    code = 0
+    for model in models:
+        code |= _bench_and_report(model, args.url or f"{defaults.BIND_ADDRESS}:{port}", args)
+    return code
 
 
 def cmd_demo(args) -> int:
@@ -197,22 +252,25 @@ def cmd_demo(args) -> int:
     from .render import write_repository
     from .serve import EmbeddedServer
     console = _console()
-    args.server = "embedded"
-    plan = _make_plan(args)
-    print_decisions(plan, console)
-    write_repository(plan, args.repo)
+    if args.server not in (None, "embedded"):
+        raise UserError("demo serves on the embedded server", where="--server", actual=args.server,
+                        expected="embedded", fix="for the NGC image: `tritonkit render --server ngc` and docker compose")
+    spec, plans = _make_plans(args)
+    if len(plans) > 1:
+        raise UserError("demo serves one GPU type", where="--gpu", actual=args.gpu, expected="a single GPU type",
+                        fix="render fleets with `tritonkit render --gpu A,B`; serve each variant on its own host")
+    print_decisions(plans, console)
+    write_repository(plans, args.repo)
     console.print(f"[1/4] rendered {args.repo}")
-    for r in build(plan, args.repo):
+    for r in build(args.repo, spec=spec):
         console.print(f"[2/4] {r.summary()}")
-    from .spec import load_spec
-    spec = load_spec(args.spec)
     with EmbeddedServer(_server_options(args)) as server:
         console.print(f"[3/4] embedded Triton {server.triton.version} ready on {server.grpc_url} (gRPC) and "
                       f"{server.http_url} (HTTP); development/CI server, loopback only")
         code = 0
+        url = server.grpc_url if args.protocol == "grpc" else server.http_url
         for model in spec.models:
-            console.print(f"[4/4] measuring {model.name} over gRPC")
-            url = server.grpc_url if args.protocol == "grpc" else server.http_url
+            console.print(f"[4/4] measuring {model.name} over {'gRPC' if args.protocol == 'grpc' else 'HTTP'}")
             code |= _bench_and_report(model, url, args)
     console.print("server stopped")
     return code
@@ -220,8 +278,7 @@ def cmd_demo(args) -> int:
 
 def _server_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("server")
-    g.add_argument("--repo", "--repository", dest="repo", type=Path, default=defaults.DEFAULT_REPOSITORY,
-                   help="model repository (default: %(default)s)")
+    _repo_arg(g)
     g.add_argument("--address", default=defaults.BIND_ADDRESS, help="bind address (default: %(default)s, loopback only)")
     g.add_argument("--http-port", type=int, default=defaults.HTTP_PORT)
     g.add_argument("--grpc-port", type=int, default=defaults.GRPC_PORT)
@@ -244,11 +301,16 @@ def _concurrency(text: str) -> tuple[int, ...]:
     return levels
 
 
+def _repo_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", "--repository", dest="repo", type=Path, default=defaults.DEFAULT_REPOSITORY,
+                   help="model repository, with the plan.json render wrote (default: %(default)s)")
+
+
 def _bench_args(p: argparse.ArgumentParser, with_url: bool) -> None:
     g = p.add_argument_group("measurement")
     if with_url:
-        g.add_argument("--spec", type=Path, default=defaults.DEFAULT_SPEC, help="model spec YAML (default: %(default)s)")
-        g.add_argument("--model", default=None, help="spec model to measure (default: the first)")
+        _repo_arg(g)
+        g.add_argument("--model", default=None, help="spec model to measure (default: every model of the plan)")
         g.add_argument("--url", default=None, help="host:port of the server (default: 127.0.0.1 and the port flag)")
         g.add_argument("--http-port", type=int, default=defaults.HTTP_PORT)
         g.add_argument("--grpc-port", type=int, default=defaults.GRPC_PORT)
@@ -272,20 +334,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="decide backend, precision, instances and batching, with reasons")
     _planning_args(p)
-    p.add_argument("--json", action="store_true", help="the whole plan as JSON")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (what plan.json holds)")
+    p.add_argument("--out", type=Path, default=None, help="write the plan to this file (render it with --plan)")
     p.set_defaults(run=cmd_plan)
 
-    p = sub.add_parser("render", help="spec + hardware -> model repository (validated, written atomically)")
+    p = sub.add_parser("render", help="spec + hardware -> plan -> model repository (validated, written atomically)")
     _planning_args(p)
-    p.add_argument("--out", type=Path, default=defaults.DEFAULT_REPOSITORY, help="repository (default: %(default)s)")
+    p.add_argument("--plan", type=Path, default=None,
+                   help="render this plan file (from `tritonkit plan --out`) instead of planning")
+    p.add_argument("--out", "--repo", dest="out", type=Path, default=defaults.DEFAULT_REPOSITORY,
+                   help="repository (default: %(default)s)")
     p.add_argument("--explain", action="store_true", help="print every decision with its reason")
-    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the repository on disk differs")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if the repository differs from what its plan.json and spec render")
     p.set_defaults(run=cmd_render)
 
-    p = sub.add_parser("build", help="produce and validate the artifacts the plan names (ONNX, TensorRT plans, "
-                                     "PyTorch weights, tokenizer), with build.json and reproduce.sh")
-    _planning_args(p)
-    p.add_argument("--repo", type=Path, default=defaults.DEFAULT_REPOSITORY, help="repository (default: %(default)s)")
+    p = sub.add_parser("build", help="produce and validate the artifacts the repository's plan names (ONNX, TensorRT "
+                                     "plans, PyTorch weights, tokenizer), with build.json and reproduce.sh")
+    _repo_arg(p)
     p.add_argument("--force", action="store_true", help="rebuild even when the manifest says it is current")
     p.set_defaults(run=cmd_build)
 
@@ -299,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(GPU); built from deploy/docker/")
     p.set_defaults(run=cmd_serve)
 
-    p = sub.add_parser("bench", help="latency/throughput sweep against a running server; fails over the p99 budget")
+    p = sub.add_parser("bench", help="latency/throughput sweep of the repository's models against a running server; "
+                                     "fails over the spec's p99 budget")
     _bench_args(p, with_url=True)
     p.set_defaults(run=cmd_bench)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .catalogue import GIB, GPU, CATALOGUE, close_names, lookup
 from .errors import UserError
@@ -19,10 +19,15 @@ from .errors import UserError
 @dataclass(frozen=True)
 class Hardware:
     gpus: tuple[GPU, ...]
-    cpu_cores: int
-    memory_bytes: int
+    cpu_cores: int | None           # None in a plan whose decisions did not use the CPU's cores
+    memory_bytes: int | None        # host RAM: shown by `detect`, used by no decision, so never in a plan
     source: str                     # "detected" or "declared"
     note: str = ""                  # why detection found no GPU, for --explain
+
+    def planned(self, uses_cpu_cores: bool) -> Hardware:
+        """The hardware as a plan records it: only what its decisions read, so a plan made under
+        `taskset`, on another host or in a container compares equal to the same plan made here."""
+        return replace(self, cpu_cores=self.cpu_cores if uses_cpu_cores else None, memory_bytes=None, note="")
 
     @property
     def has_gpu(self) -> bool:
@@ -36,11 +41,13 @@ class Hardware:
         return tuple(seen.values())
 
     def describe(self) -> str:
-        cpu = f"{self.cpu_cores} CPU cores, {self.memory_bytes / GIB:.0f} GiB RAM"
+        cpu = ", ".join(part for part in (
+            f"{self.cpu_cores} CPU cores" if self.cpu_cores is not None else "",
+            f"{self.memory_bytes / GIB:.0f} GiB RAM" if self.memory_bytes is not None else "") if part)
         if not self.gpus:
             return f"no GPU ({self.source}{': ' + self.note if self.note else ''}); {cpu}"
         gpus = ", ".join(f"GPU{g.index}: {g.describe()}" for g in self.gpus)
-        return f"{gpus} ({self.source}); {cpu}"
+        return f"{gpus} ({self.source})" + (f"; {cpu}" if cpu else "")
 
 
 def host_cpu() -> tuple[int, int]:
@@ -83,16 +90,17 @@ def _detect_cuda_driver() -> tuple[GPU, ...]:
 
 
 def mps_limited(name: str, sm_count: int, env) -> bool:
-    """Whether this process sees the GPU through a CUDA MPS thread limit: the client asked for one
-    (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE below 100), or the driver reports fewer SMs than the catalogue's
-    entry for this name (a limit set in the MPS daemon instead)."""
-    try:
-        if float(env.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "100")) < 100:
-            return True
-    except ValueError:
-        pass
+    """Whether this process sees the GPU through a CUDA MPS thread limit: the driver reports fewer SMs than
+    the catalogue's entry for this name. For a GPU the catalogue does not know, the client's own request
+    (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE below 100) is the only sign. The variable alone is not enough for a
+    known GPU: without an MPS daemon it limits nothing (seen on an H200: 132 of 132 SMs with it set to 30)."""
     known = lookup(name)
-    return known is not None and sm_count < known.sm_count
+    if known is not None:
+        return sm_count < known.sm_count
+    try:
+        return float(env.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "100")) < 100
+    except ValueError:
+        return False
 
 
 def _detect_nvml() -> tuple[GPU, ...]:
@@ -162,12 +170,13 @@ def _custom_gpu(text: str) -> GPU:
                compute_capability=(major, minor), memory_bytes=mem)
 
 
-def declared(text: str) -> Hardware:
+def declared(text: str, cpu_cores: int | None = None) -> Hardware:
     """`--gpu` values: "none", a catalogue name ("T4"), a fleet ("T4,L4,H100"), or "sm=40,cc=7.5,mem=16GiB".
 
-    CPU facts still come from this host: a declared GPU describes the target's accelerator only.
+    CPU cores: `cpu_cores` (`--cpus`) when given, else this host's (they matter only to models planned on the CPU).
     """
     cores, mem = host_cpu()
+    cores = cpu_cores or cores
     text = text.strip()
     if text.lower() in ("none", "cpu"):
         return Hardware(gpus=(), cpu_cores=cores, memory_bytes=mem, source="declared", note="--gpu none")
@@ -188,5 +197,9 @@ def declared(text: str) -> Hardware:
     return Hardware(gpus=tuple(gpus), cpu_cores=cores, memory_bytes=mem, source="declared")
 
 
-def resolve(gpu_arg: str = "auto") -> Hardware:
-    return detect() if gpu_arg.strip().lower() == "auto" else declared(gpu_arg)
+def resolve(gpu_arg: str = "auto", cpu_cores: int | None = None) -> Hardware:
+    """`--gpu` and `--cpus` as one value: detected GPUs for "auto", else declared ones."""
+    if gpu_arg.strip().lower() != "auto":
+        return declared(gpu_arg, cpu_cores)
+    hw = detect()
+    return replace(hw, cpu_cores=cpu_cores) if cpu_cores else hw

@@ -1,9 +1,15 @@
-"""The plan: what the policy decided, as plain values. Render, build, serve and bench all read it."""
+"""The plan: what the policy decided, as plain values. Render, build, serve and bench all read it.
+
+It travels between the steps as `plan.json` at the root of the model repository (plan_file.py):
+everything here is a decision or an input that mattered (the spec's digest, the hardware the plan is
+*for*, the server target, toolchain facts), never a fact about the host that happened to render it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from . import defaults
 from .catalogue import GPU
 from .dtypes import DTYPES
 from .hardware import Hardware
@@ -75,6 +81,21 @@ def plan_filename(compute_capability: tuple[int, int]) -> str:
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What the toolchain can do, passed to the policy like hardware (never queried there) and recorded."""
+    tensorrt_build: bool = True        # a TensorRT of the serving release can build plans (the NGC container)
+    inductor_min_sms: int = defaults.INDUCTOR_MIN_SMS   # torch._inductor's max_autotune GEMM threshold
+    inductor_source: str = "tritonkit default"          # where that number came from, for --explain
+
+
+@dataclass(frozen=True)
+class SpecRef:
+    """The spec a plan was made from: later steps load it from here and refuse it if it changed since."""
+    path: str                       # relative to the project root when inside it, else absolute
+    sha256: str                     # of the file's bytes
+
+
+@dataclass(frozen=True)
 class TritonModel:
     name: str
     role: str                       # "ensemble" | "tokenizer" | "encoder" | "model"
@@ -85,6 +106,7 @@ class TritonModel:
     outputs: tuple[TensorConfig, ...]
     precision: str = "fp32"
     runtime: str = ""               # python backend only: what model.py runs ("onnxruntime", "tokenizers")
+    builder: str = ""               # build step that produces `artifacts` (build.BUILDERS); "" = nothing to build
     instances: tuple[InstanceGroup, ...] = ()
     batching: Batching | None = None
     parameters: tuple[tuple[str, str], ...] = ()
@@ -101,21 +123,27 @@ class TritonModel:
     def config_template(self) -> str:
         return f"config/{self.backend}.pbtxt.j2"
 
+    @property
+    def label(self) -> str:
+        """The backend row: backend, plus what a python model runs ("python (onnxruntime)")."""
+        return self.backend + (f" ({self.runtime})" if self.runtime else "")
+
 
 @dataclass(frozen=True)
 class Plan:
-    spec_path: str
+    spec: SpecRef
     server: ServerTarget
-    hardware: Hardware
+    hardware: Hardware              # the hardware the plan is for (declared or detected), nothing incidental
     gpu: GPU | None                 # the GPU type this plan targets (None = CPU)
     models: tuple[TritonModel, ...]
+    caps: Capabilities = Capabilities()
     decisions: tuple[Decision, ...] = field(default=())
 
     def model(self, name: str) -> TritonModel:
         return next(m for m in self.models if m.name == name)
 
     def to_dict(self) -> dict:
-        """Deterministic (no timestamps, no host paths beyond the spec) so `render --check` can compare it."""
+        """Deterministic (no timestamps, no host paths beyond the spec) so plans can be diffed and compared."""
         d = asdict(self)
         d["server"]["backends"] = sorted(self.server.backends)
         return d

@@ -7,38 +7,36 @@ whole policy can be read in one screen and tested row by row on declared hardwar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from . import defaults
 from .catalogue import GPU, PRECISION_MIN_CC
 from .errors import UserError
 from .hardware import Hardware
-from .plan import (Batching, Decision, EnsembleStep, InstanceGroup, Plan, Profile, TensorConfig, TritonModel,
-                   Warmup, plan_filename)
+from .plan import (Batching, Capabilities, Decision, EnsembleStep, InstanceGroup, Plan, Profile, SpecRef,
+                   TensorConfig, TritonModel, Warmup, plan_filename)
 from .servers import ServerTarget
 from .spec import ModelSpec, Spec, Tensor, triton_model_names
-
-# --- what the toolchain can do (passed in like hardware, never queried here) -----------------------
-
-@dataclass(frozen=True)
-class Capabilities:
-    tensorrt_build: bool = True        # a TensorRT of the serving release can build plans (the NGC container)
-    inductor_min_sms: int = defaults.INDUCTOR_MIN_SMS   # torch._inductor's max_autotune GEMM threshold
-    inductor_source: str = "tritonkit default"          # where that number came from, for --explain
-
 
 # --- backend ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class BackendRow:
+    """One way to serve a model, and everything that follows from choosing it (read by policy and build)."""
     backend: str
     runtime: str
     needs_gpu: bool | None          # True: only with a GPU; False: only without; None: either
     formats: frozenset[str]
     uses_gpu: bool                  # executes on the GPU when there is one
     tensorrt_build: bool | None     # True: only where plans can be built; False: only where not; None: either
+    precisions: frozenset[str]      # what this row can execute
+    builder: str                    # build step producing the artifacts (build.BUILDERS)
+    artifacts: tuple[str, ...]      # files in the version folder (TensorRT: named per GPU architecture instead)
     reason: str
+    code_template: str | None = None    # python backend: templates/python/<name> rendered to model.py
+    code_files: tuple[str, ...] = ()    # python backend: modules copied beside model.py
 
     @property
     def label(self) -> str:
@@ -48,21 +46,27 @@ class BackendRow:
 _ONNXABLE = frozenset({"onnx", "sentence-transformers"})
 BACKENDS = (
     BackendRow("tensorrt", "", True, _ONNXABLE, True, True,
+               frozenset({"fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4"}), "tensorrt", (),
                "TensorRT plan: the fastest engine on NVIDIA GPUs; built in the TensorRT container of the serving "
                "release so its TensorRT matches"),
-    BackendRow("onnxruntime", "tensorrt-ep", True, _ONNXABLE, True, False,
+    # The TensorRT execution accelerator takes FP16/INT8 through its precision_mode.
+    BackendRow("onnxruntime", "tensorrt-ep", True, _ONNXABLE, True, False, frozenset({"fp32", "fp16", "int8"}),
+               "onnx", ("model.onnx",),
                "no TensorRT build for this target: ONNX Runtime backend with the TensorRT execution accelerator "
                "(engines built at load time by the server's own TensorRT, precision from the plan)"),
-    BackendRow("pytorch", "", None, frozenset({"torchscript"}), True, None,
-               "TorchScript source runs natively in the pytorch backend"),
-    BackendRow("onnxruntime", "", False, _ONNXABLE, False, None,
+    # The pytorch backend runs the TorchScript file as it was saved (FP32 here): nothing casts it at load.
+    BackendRow("pytorch", "", None, frozenset({"torchscript"}), True, None, frozenset({"fp32"}), "torchscript",
+               ("model.pt",), "TorchScript source runs natively in the pytorch backend (as saved: FP32)"),
+    BackendRow("onnxruntime", "", False, _ONNXABLE, False, None, frozenset({"fp32"}), "onnx", ("model.onnx",),
                "no GPU: the ONNX Runtime backend on CPU (C++, no Python in the request path)"),
     BackendRow("python", "torch", True, frozenset({"sentence-transformers"}), True, None,
+               frozenset({"fp32", "fp16", "bf16"}), "torch", ("hf/config.json", "hf/model.safetensors"),
                "this server has only the python backend: model.py runs the encoder in PyTorch on the GPU "
-               "(tensors exchanged with Triton through DLPack)"),
-    BackendRow("python", "onnxruntime", None, _ONNXABLE, False, None,
+               "(tensors exchanged with Triton through DLPack)",
+               code_template="encoder_torch.py.j2", code_files=("bert_encoder.py",)),
+    BackendRow("python", "onnxruntime", None, _ONNXABLE, False, None, frozenset({"fp32"}), "onnx", ("model.onnx",),
                "this server has only the python backend: model.py runs the exported ONNX graph with ONNX Runtime "
-               "on the CPU"),
+               "on the CPU", code_template="encoder_onnxruntime.py.j2"),
 )
 
 
@@ -90,22 +94,12 @@ AUTO_PRECISION_ORDER = ("fp16", "bf16", "fp32")
 MPS_UNSAFE_PRECISIONS = frozenset({"fp16", "bf16"})
 # Precisions that change the numbers enough to need calibration data or a pre-quantized model.
 NEEDS_CALIBRATION = frozenset({"int8", "fp8", "fp4"})
-# What each backend row can execute (ONNX Runtime on CPU and the python/onnxruntime path: FP32 only;
-# the TensorRT execution accelerator takes FP16/INT8 through its precision_mode).
-BACKEND_PRECISIONS = {
-    "tensorrt": frozenset({"fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4"}),
-    "onnxruntime (tensorrt-ep)": frozenset({"fp32", "fp16", "int8"}),
-    "onnxruntime": frozenset({"fp32"}),
-    "pytorch": frozenset({"fp32", "fp16", "bf16"}),
-    "python (torch)": frozenset({"fp32", "fp16", "bf16"}),
-    "python (onnxruntime)": frozenset({"fp32"}),
-}
 
 
-def choose_precision(model: ModelSpec, backend: str, gpu: GPU | None) -> tuple[str, str]:
-    """`backend` is a BackendRow label; `gpu` the device it executes on (None = CPU)."""
+def choose_precision(model: ModelSpec, row: BackendRow, gpu: GPU | None) -> tuple[str, str]:
+    """`gpu`: the device the row executes on (None = CPU)."""
     device = gpu.describe() if gpu else "the CPU"
-    supported = BACKEND_PRECISIONS[backend]
+    supported, backend = row.precisions, row.label
     if model.precision != "auto":
         p = model.precision
         if gpu is not None and gpu.compute_capability < PRECISION_MIN_CC[p]:
@@ -242,16 +236,6 @@ def _tensors(model: ModelSpec, tensors: tuple[Tensor, ...], ragged: bool = False
                  for t in tensors)
 
 
-# Each backend row's files in the version folder (the build step produces them). TensorRT plans are
-# named per GPU architecture (plan_filename) so one repository can hold a plan for each.
-ROW_ARTIFACTS = {
-    "onnxruntime": ("model.onnx",), "onnxruntime (tensorrt-ep)": ("model.onnx",), "pytorch": ("model.pt",),
-    "python (onnxruntime)": ("model.onnx",), "python (torch)": ("hf/config.json", "hf/model.safetensors"),
-}
-PYTHON_CODE = {"python (onnxruntime)": "encoder_onnxruntime.py.j2", "python (torch)": "encoder_torch.py.j2"}
-PYTHON_MODULES = {"python (torch)": ("bert_encoder.py",)}
-
-
 def compile_mode(gpu: GPU, caps: Capabilities) -> tuple[str, str]:
     """torch.compile mode for the PyTorch path, from the GPU's SM count and inductor's own threshold."""
     if gpu.sm_count >= caps.inductor_min_sms:
@@ -298,7 +282,7 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
     row = choose_backend(model, server, gpu, caps)
     decide(name, "backend", row.label, row.reason)
     device = gpu if row.uses_gpu else None
-    precision, why = choose_precision(model, row.label, device)
+    precision, why = choose_precision(model, row, device)
     decide(name, "precision", precision, why)
     params: list[tuple[str, str]] = []
     if device is not None:
@@ -337,8 +321,8 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
         for t in model.inputs))
     decide(name, "warmup", "1 request of typical shape", "readiness then means warm: the first real request "
            "is not the one that pays for lazy initialisation")
-    artifacts, cc_files, plan_profiles, accelerator = ROW_ARTIFACTS.get(row.label, ()), (), (), ()
-    if row.backend == "tensorrt":
+    artifacts, cc_files, plan_profiles, accelerator = row.artifacts, (), (), ()
+    if row.backend == "tensorrt":   # plans are named per GPU architecture: one repository can hold one for each
         ccs = fleet_ccs or (device.compute_capability,)
         cc_files = tuple((f"{cc[0]}.{cc[1]}", plan_filename(cc)) for cc in ccs)
         artifacts = (plan_filename(device.compute_capability),)
@@ -359,10 +343,10 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
         params += [("compile_mode", mode), ("max_length", str(model.size(model.inputs[0].dims[-1], "max")))]
     return TritonModel(
         name=name, role="encoder" if model.pipeline != "none" else "model", source_model=model.name,
-        backend=row.backend, runtime=row.runtime, precision=precision, max_batch_size=mbs,
+        backend=row.backend, runtime=row.runtime, builder=row.builder, precision=precision, max_batch_size=mbs,
         inputs=_tensors(model, model.inputs, ragged), outputs=_tensors(model, model.outputs),
         instances=groups, batching=queue, parameters=tuple(params), artifacts=artifacts,
-        code_template=PYTHON_CODE.get(row.label), code_files=PYTHON_MODULES.get(row.label, ()), warmup=warmup, profiles=plan_profiles,
+        code_template=row.code_template, code_files=row.code_files, warmup=warmup, profiles=plan_profiles,
         cc_model_filenames=cc_files, accelerator=accelerator)
 
 
@@ -381,6 +365,7 @@ def _text_embedding(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: G
     pad_multiple = 1 if encoder.backend == "python" else 16
     tokenizer = TritonModel(
         name=tok_name, role="tokenizer", source_model=model.name, backend="python", runtime="tokenizers",
+        builder="tokenizer",
         max_batch_size=mbs, inputs=(text,),
         outputs=tuple(TensorConfig(t.name, t.dtype, model.triton_dims(t)) for t in model.inputs),
         instances=(InstanceGroup("KIND_CPU", tok_count),), batching=tok_queue,
@@ -442,12 +427,26 @@ def plan(spec: Spec, hardware: Hardware, server: ServerTarget, gpu: GPU | None =
         decisions.append(Decision(subject, key, value, reason))
 
     decide("server", "target", f"{server.name} (Triton {server.triton_version})", server.note)
-    decide("server", "hardware", gpu.describe() if gpu else "CPU only", hardware.describe())
     models: list[TritonModel] = []
     for m in spec.models:
         models.extend(PIPELINES[m.pipeline](m, hardware, server, gpu, caps, fleet_ccs, decide))
-    return Plan(spec_path=str(spec.path), server=server, hardware=hardware, gpu=gpu, models=tuple(models),
+    # Only models whose instance count came from the cores make them part of the plan (the tokenizer's is fixed).
+    uses_cores = any(g.kind == "KIND_CPU" for m in models if m.role != "tokenizer" for g in m.instances)
+    target = hardware.planned(uses_cores)
+    decisions.insert(1, Decision("server", "hardware", gpu.describe() if gpu else "CPU only", target.describe()))
+    return Plan(spec=spec_ref(spec), server=server, hardware=target, gpu=gpu, models=tuple(models), caps=caps,
                 decisions=tuple(decisions))
+
+
+def spec_ref(spec: Spec) -> SpecRef:
+    """The spec's path as a plan records it: relative to the project root when inside it, so the plan
+    holds no path of the machine that made it."""
+    path = Path(spec.path).resolve()
+    try:
+        shown = str(path.relative_to(defaults.PROJECT_ROOT))
+    except ValueError:
+        shown = str(path)
+    return SpecRef(path=shown, sha256=spec.sha256)
 
 
 def plan_fleet(spec: Spec, hardware: Hardware, server: ServerTarget,

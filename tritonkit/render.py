@@ -20,8 +20,8 @@ from pathlib import Path
 from . import defaults
 from .errors import UserError
 from .plan import Plan, TritonModel
+from .plan_file import PLAN_FILE, plan_json
 
-PLAN_FILE = "plan.json"          # marks a tritonkit repository; Triton ignores files at the root
 README = "README.md"
 README_TEXT = b"""This folder is produced by `tritonkit render` (configs, python-backend code, `plan.json`) and
 `tritonkit build` (model files with `build.json` and `reproduce.sh`). Do not edit it by hand:
@@ -88,21 +88,8 @@ def render_files(plans: Plans) -> dict[str, bytes]:
             elif not m.artifacts:
                 files[f"{m.name}/{VERSION}/.keep"] = b""  # Triton needs a version folder even for ensembles
     files[README] = README_TEXT
-    record = plan_record(plans[0]) if len(plans) == 1 else {"generator": "tritonkit",
-                                                             "fleet": [plan_record(p) for p in plans]}
-    files[PLAN_FILE] = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+    files[PLAN_FILE] = plan_json(plans)
     return files
-
-
-def plan_record(plan: Plan) -> dict:
-    record = plan.to_dict()
-    spec = Path(plan.spec_path)
-    try:
-        record["spec_path"] = str(spec.resolve().relative_to(defaults.PROJECT_ROOT))
-    except ValueError:
-        record["spec_path"] = str(spec)
-    record["generator"] = "tritonkit"
-    return record
 
 
 def validate_config(text: bytes | str, where: str, model: TritonModel | None = None):
@@ -281,11 +268,22 @@ def _exchange(a: Path, b: Path) -> bool:
     return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
-def _carried(plans: Plans) -> list[str]:
-    """Built artifacts (and their manifests) that re-rendering keeps: rendering never forces a rebuild."""
-    return sorted({f"{m.name}/{VERSION}/{name}" for plan in _as_tuple(plans) for m in plan.models
-                   for name in (*m.artifacts, *(f for _, f in m.cc_model_filenames), MANIFEST, "reproduce.sh")
-                   if m.artifacts})
+def _carried(plans: Plans, out: Path) -> list[str]:
+    """Built artifacts (and their manifests) that re-rendering keeps: rendering never forces a rebuild.
+    Besides the files the plan names, every file the old build.json lists (e.g. an ONNX model's
+    external-data files), which only the build knows about."""
+    names = set()
+    for m in {m.name: m for plan in _as_tuple(plans) for m in plan.models if m.artifacts}.values():
+        folder = Path(out) / m.name / VERSION
+        try:
+            built = json.loads((folder / MANIFEST).read_text()).get("files") or {}
+        except (OSError, ValueError):
+            built = {}
+        for plan in _as_tuple(plans):
+            pm = plan.model(m.name)
+            names.update(f"{m.name}/{VERSION}/{n}" for n in (*pm.artifacts, *(f for _, f in pm.cc_model_filenames)))
+        names.update(f"{m.name}/{VERSION}/{n}" for n in (*built, MANIFEST, "reproduce.sh"))
+    return sorted(names)
 
 
 def _check_target(out: Path) -> None:
@@ -307,9 +305,8 @@ def check_built_plans(plans: Plans, out: Path) -> None:
     """
     if not (Path(out) / PLAN_FILE).is_file():
         return
-    from .tensorrt import check_built_plans as check
-    records = [plan_record(p) for p in _as_tuple(plans)]
-    check(Path(out), records[0] if len(records) == 1 else {"fleet": records}, action="render")
+    from .trt_manifest import check_built_plans as check
+    check(Path(out), json.loads(plan_json(plans)), action="render")
 
 
 def write_repository(plan: Plans, out: Path, files: dict[str, bytes] | None = None) -> dict[str, bytes]:
@@ -325,7 +322,7 @@ def write_repository(plan: Plans, out: Path, files: dict[str, bytes] | None = No
             path = stage / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        for rel in _carried(plan):
+        for rel in _carried(plan, out):
             old = out / rel
             if old.is_file():
                 (stage / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -375,7 +372,7 @@ def check_repository(plan: Plans, out: Path, files: dict[str, bytes] | None = No
     files = render_files(plan) if files is None else files
     out = Path(out)
     on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} if out.is_dir() else set()
-    carried = set(_carried(plan))
+    carried = set(_carried(plan, out))
     missing = sorted(set(files) - on_disk)
     changed = sorted(rel for rel in set(files) & on_disk if (out / rel).read_bytes() != files[rel])
     extra = sorted(on_disk - set(files) - carried)

@@ -3,25 +3,21 @@
 The embedded server is a real `tritonserver` 2.51 with only the python backend. It is for development
 and CI: it predates the 2025 security fixes, so it binds 127.0.0.1 by default and `serve()` says so.
 
+Where the server comes from is tritonkit.embedded_triton, how its process is started and stopped
+tritonkit.process, and what stops a server whose model stopped serving tritonkit.watchdog.
+
 Stdlib only (urllib for health polling) so `tritonkit serve --help` and this import stay fast.
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import hashlib
-import importlib.metadata
-import importlib.util
 import ipaddress
 import json
 import logging
 import os
 import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,33 +31,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from tritonkit import process, stub_env
 from tritonkit.defaults import (
     BIND_ADDRESS,
-    EMBEDDED_TRITON_VERSION,
     GRPC_PORT,
     HTTP_PORT,
     METRICS_PORT,
     NGC_TRITON_IMAGE,
     SERVER_EXIT_TIMEOUT_S,
     SERVER_READY_TIMEOUT_S,
-    WATCHDOG_GRACE_S,
-    WATCHDOG_INTERVAL_S,
     WATCHDOG_STOP_S,
 )
-from tritonkit import stub_env
+from tritonkit.embedded_triton import PYTRITON_DIST, STUB_NAME, EmbeddedTriton, find_embedded_triton
 from tritonkit.errors import UserError
 from tritonkit.stub_env import StubEnvironment
+from tritonkit.watchdog import ModelStoppedServing, Watchdog
 
 LOG = logging.getLogger(__name__)
-
-PYTRITON_DIST = "nvidia-pytriton"
-PYTRITON_PIN = "0.7.0"
-INSTALL_FIX = f"pip install {PYTRITON_DIST}=={PYTRITON_PIN}  (or `make venv`, which installs tritonkit[embedded])"
-# Which tritonserver each supported wheel bundles. A wheel not listed here bundles a server whose flags
-# and quirks nobody checked, so it is refused rather than assumed compatible.
-_TRITON_IN_WHEEL = {PYTRITON_PIN: EMBEDDED_TRITON_VERSION}
-
-STUB_NAME = "triton_python_backend_stub"
 
 # APIs that 2.51 can restrict (`tritonserver --help`: --http-restricted-api / --grpc-restricted-protocol).
 RESTRICTABLE_APIS = frozenset({"health", "metadata", "inference", "shared-memory", "model-config",
@@ -86,122 +72,6 @@ _LOG_TAIL_LINES = 30
 _ERROR_LINE = re.compile(r"^(E\d{4} |error: )|failed to load|Failed to (start|create)|already in use")
 _NO_GPU_NOISE = re.compile(r"CudaDriverHelper has not been initialized|Failed to initialize NVML|DCGM unable to start")
 _FAILED_MODEL = re.compile(r"failed to load '([^']+)'")
-
-
-# --- Locating the bundled server -----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EmbeddedTriton:
-    """Where the bundled server lives on this machine; built by `find_embedded_triton`, never assumed."""
-
-    binary: Path        # .../pytriton/tritonserver/bin/tritonserver
-    backend_dir: Path   # assembled: <cache>/.../backends, holding python/ with the matching stub
-    lib_dir: Path       # .../nvidia_pytriton.libs (prepended to LD_LIBRARY_PATH)
-    version: str        # tritonserver version bundled in the wheel, e.g. "2.51.0"
-    cache_dir: Path | None = None  # .../pytriton/tritonserver/caches (response cache plugins)
-
-
-def _default_cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tritonkit"
-
-
-def _locate_site_dir() -> Path | None:
-    """The directory holding the `pytriton` package, found without importing it."""
-    try:
-        spec = importlib.util.find_spec("pytriton")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))).parent
-
-
-def _wheel_version(site_dir: Path) -> str | None:
-    for dist in importlib.metadata.distributions(path=[str(site_dir)]):
-        if (dist.metadata["Name"] or "").lower().replace("_", "-") == PYTRITON_DIST:
-            return dist.version
-    return None
-
-
-def _fingerprint(files: list[Path], root: Path) -> str:
-    """Changes whenever a source file is replaced (reinstall, upgrade): path, size and mtime of each."""
-    digest = hashlib.sha256()
-    for path in sorted(files):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def find_embedded_triton(*, site_dir: Path | None = None, cache_root: Path | None = None,
-                         python_version: tuple[int, int] | None = None) -> EmbeddedTriton:
-    """Locate the tritonserver of nvidia-pytriton and assemble a backend directory for this Python.
-
-    Triton loads `<backend-directory>/python/libtriton_python.so`, which starts
-    `<backend-directory>/python/triton_python_backend_stub`; the wheel ships one stub per Python
-    version, so the directory is assembled (copied) under the cache, keyed by a fingerprint of its
-    sources: a reinstalled or upgraded wheel gets a fresh copy. `site_dir`, `cache_root` and
-    `python_version` default to this interpreter's; tests pass them to inject faults.
-    """
-    site_dir = site_dir if site_dir is not None else _locate_site_dir()
-    server_root = site_dir / "pytriton" / "tritonserver" if site_dir is not None else None
-    if server_root is None or not (server_root / "bin" / "tritonserver").is_file():
-        raise UserError("the embedded tritonserver is not installed (it ships in the nvidia-pytriton wheel)",
-                        where=str(server_root) if server_root else "python -c 'import pytriton'",
-                        fix=INSTALL_FIX)
-    wheel_version = _wheel_version(site_dir)
-    if wheel_version not in _TRITON_IN_WHEEL:
-        raise UserError(f"unsupported {PYTRITON_DIST} version: its bundled tritonserver is unchecked",
-                        where=str(site_dir), actual=wheel_version, expected=PYTRITON_PIN, fix=INSTALL_FIX)
-    lib_dir = site_dir / "nvidia_pytriton.libs"
-    python_src = server_root / "backends" / "python"
-    if not lib_dir.is_dir() or not (python_src / "libtriton_python.so").is_file():
-        raise UserError(f"the {PYTRITON_DIST} installation is incomplete (libraries or python backend missing)",
-                        where=str(site_dir), fix=f"reinstall: {INSTALL_FIX}")
-
-    major, minor = python_version or sys.version_info[:2]
-    stubs_dir = server_root / "python_backend_stubs"
-    stub = stubs_dir / f"{major}.{minor}" / STUB_NAME
-    if not stub.is_file():
-        available = sorted((p.parent.name for p in stubs_dir.glob(f"*/{STUB_NAME}")),
-                           key=lambda v: tuple(int(x) for x in v.split(".")))
-        raise UserError("the embedded tritonserver has no python backend stub for this Python version",
-                        where=str(stubs_dir), actual=f"{major}.{minor}", expected=f"one of {available}",
-                        fix=f"create the venv with one of Python {', '.join(available)}")
-
-    sources = [p for p in python_src.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    key = _fingerprint(sources + [stub], server_root)
-    root = (cache_root or _default_cache_root()) / f"embedded-triton-{_TRITON_IN_WHEEL[wheel_version]}"\
-        f"-py{major}.{minor}"
-    backend_dir = root / key / "backends"
-    if not (backend_dir / "python" / STUB_NAME).is_file():
-        _assemble_backend_dir(backend_dir, sources, python_src, stub)
-        for stale in root.iterdir():  # copies of a previous install of the wheel
-            if stale.name != key and not stale.name.startswith("."):
-                shutil.rmtree(stale, ignore_errors=True)
-    caches = server_root / "caches"
-    return EmbeddedTriton(binary=server_root / "bin" / "tritonserver", backend_dir=backend_dir, lib_dir=lib_dir,
-                          version=_TRITON_IN_WHEEL[wheel_version], cache_dir=caches if caches.is_dir() else None)
-
-
-def _assemble_backend_dir(backend_dir: Path, sources: list[Path], python_src: Path, stub: Path) -> None:
-    """Build in a temporary sibling, then rename: a concurrent process sees all of it or none of it."""
-    backend_dir.parent.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=backend_dir.parent.parent))
-    try:
-        python_dst = tmp / "backends" / "python"
-        for src in sources:
-            dst = python_dst / src.relative_to(python_src)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-        shutil.copy2(stub, python_dst / STUB_NAME)
-        try:
-            tmp.rename(backend_dir.parent)
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):  # else: another process won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- Options ---------------------------------------------------------------------------------------
@@ -261,87 +131,6 @@ def _client_host(address: str) -> str:
     return address if ip.version == 4 else f"[{address}]"
 
 
-# --- Ports -----------------------------------------------------------------------------------------
-
-def _listening_pids(port: int) -> list[str]:
-    """'1234 (tritonserver)' for each process listening on TCP `port`, best effort through /proc."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(f"socket:[{cols[9]}]")
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or not inodes:
-            continue
-        try:
-            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
-                found.append(f"{proc.name} ({(proc / 'comm').read_text().strip()})")
-        except OSError:
-            continue
-    return found
-
-
-def _check_port_free(address: str, port: int, name: str) -> None:
-    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        # SO_REUSEADDR like the server itself: a port in TIME_WAIT is free, a listening one is not.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise UserError("the bind address is not an address of this machine", actual=address,
-                                expected="a local address such as 127.0.0.1", fix="pass another --address") from None
-            if exc.errno == errno.EACCES:
-                raise UserError(f"{name} port {port} needs root (ports below 1024 are privileged)",
-                                where=f"--{name}-port", fix=f"pass a --{name}-port of 1024 or above") from None
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            holders = _listening_pids(port)
-            who = f"process {', '.join(holders)}" if holders else "the process listening on it (`ss -ltnp`)"
-            raise UserError(f"{name} port {port} on {address} is not available: {exc.strerror}",
-                            where=f"--{name}-port", fix=f"stop {who}, or pass another --{name}-port") from None
-
-
-# --- The server process ----------------------------------------------------------------------------
-
-def _pdeathsig_preexec(parent_pid: int) -> Callable[[], None]:
-    """Runs in the child before exec: SIGTERM it when the parent dies (no orphaned tritonserver).
-
-    Linux delivers PDEATHSIG when the *thread* that forked the child exits, so start servers from a
-    thread that outlives them (the main thread, as `serve()` does).
-    """
-    def preexec() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-    return preexec
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group `pgid`, via /proc."""
-    members = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(proc.name))
-    return members
-
-
 # --- TensorRT plans must match the server and the GPUs that load them --------------------------------
 
 def refuse_mismatched_plans(repository: Path) -> None:
@@ -356,13 +145,15 @@ def refuse_mismatched_plans(repository: Path) -> None:
         plan_json = json.loads(plan_file.read_text())
     except (OSError, ValueError):
         return
-    from tritonkit.tensorrt import check_built_plans, expected_plans, plan_records
+    from tritonkit.trt_manifest import check_built_plans, expected_plans, plan_records
     if not expected_plans(plan_records(plan_json)):
         return
     from tritonkit.hardware import detect
     ccs = sorted({f"{g.compute_capability[0]}.{g.compute_capability[1]}" for g in detect().gpus})
     check_built_plans(Path(repository), plan_json, action="serve", gpu_ccs=ccs)
 
+
+# --- The server process ----------------------------------------------------------------------------
 
 class EmbeddedServer:
     """One real tritonserver process: start() -> wait_ready() -> ... -> stop(). A context manager too."""
@@ -481,7 +272,7 @@ class EmbeddedServer:
         refuse_mismatched_plans(o.repository)
         self._check_configs()
         for name, port in (("http", o.http_port), ("grpc", o.grpc_port), ("metrics", o.metrics_port)):
-            _check_port_free(o.address, port, name)
+            process.check_port_free(o.address, port, name)
         triton = self.triton  # may raise UserError (not installed; stub environment unusable)
 
         if o.log_file is not None:
@@ -498,7 +289,8 @@ class EmbeddedServer:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
                 start_new_session=True,  # own process group: stop() kills the python backend stubs too
-                preexec_fn=_pdeathsig_preexec(os.getpid()))
+                pass_fds=() if triton.lock_fd is None else (triton.lock_fd,),  # the backend folder's lock
+                preexec_fn=process.pdeathsig_preexec(os.getpid()))
         LOG.info("tritonserver pid %d, log %s", self._proc.pid, self._log_path)
 
     def _check_configs(self) -> None:
@@ -562,7 +354,7 @@ class EmbeddedServer:
         while True:
             code = self._proc.poll()
             if code is not None:
-                self._kill_group()
+                process.kill_group(self._proc.pid)
                 log = self._read_log()
                 failed = sorted(set(_FAILED_MODEL.findall(log)))
                 what = f"tritonserver exited with code {code} before it was ready"
@@ -602,7 +394,7 @@ class EmbeddedServer:
             return {}
         root = self.options.repository.resolve()
         stubs: dict[str, set[int]] = {}
-        for pid in _group_members(self._proc.pid):
+        for pid in process.group_members(self._proc.pid):
             try:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
@@ -657,34 +449,8 @@ class EmbeddedServer:
         Returns the exit code (negative: killed by that signal; 0 if never started). Idempotent."""
         if self._proc is None:
             return 0
-        if self._proc.poll() is None:
-            try:
-                self._proc.send_signal(signal.SIGTERM)  # tritonserver unloads models and ends its stubs
-            except ProcessLookupError:
-                pass
-            grace = self.options.exit_timeout_s + _STOP_MARGIN_S if grace_s is None else grace_s
-            try:
-                self._proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                LOG.warning("tritonserver pid %d ignored SIGTERM for %ss: killing its process group",
-                            self._proc.pid, grace)
-                self._kill_group()
-                self._proc.wait()
-        self._kill_group()
-        return self._proc.returncode
-
-    def _kill_group(self) -> None:
-        """SIGKILL whatever is left in the server's process group (stubs of a crashed server), and wait
-        until it is gone: stubs are reparented to init, which reaps them."""
-        assert self._proc is not None
-        pgid = self._proc.pid
-        deadline = time.monotonic() + 5.0
-        while _group_members(pgid) and time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
+        grace = self.options.exit_timeout_s + _STOP_MARGIN_S if grace_s is None else grace_s
+        return process.stop_group(self._proc, grace)  # on SIGTERM tritonserver unloads models, ends its stubs
 
     # -- logs
     def _read_log(self) -> str:
@@ -738,49 +504,12 @@ def _security_warning(version: str, address: str) -> str:
             f"25.07+). It is {exposure}. Serve real traffic with {NGC_TRITON_IMAGE}.")
 
 
-class ModelStoppedServing(UserError):
-    """A model that was ready stopped serving while the server runs (raised by serve()'s watchdog)."""
-
-
-class _Watchdog:
-    """serve()'s guard against a silent black hole: every `interval_s`, the models that were healthy
-    at start must still be (`EmbeddedServer.unhealthy_models`); one that stays unhealthy for `grace_s`
-    (a server may recover it meanwhile: a restarted stub counts again) raises UserError naming it."""
-
-    def __init__(self, server: EmbeddedServer, interval_s: float = WATCHDOG_INTERVAL_S,
-                 grace_s: float = WATCHDOG_GRACE_S):
-        self.server, self.interval_s, self.grace_s = server, interval_s, grace_s
-        server.mark_healthy()
-        self._next = time.monotonic() + interval_s
-        self._since: dict[str, float] = {}
-
-    def check(self) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            return
-        self._next = now + self.interval_s
-        problems = self.server.unhealthy_models()
-        for name in problems:
-            if name not in self._since:
-                LOG.warning("model %s is unhealthy: %s", name, problems[name])
-        self._since = {name: self._since.get(name, now) for name in problems}  # recovered ones drop out
-        for name, since in sorted(self._since.items()):
-            if now - since >= self.grace_s:
-                raise ModelStoppedServing(
-                    f"model {name} stopped serving: {problems[name]}; unhealthy for {now - since:.1f} s, so "
-                    f"tritonkit stops the server instead of leaving a model that fails every request\n"
-                    f"{self.server.log_excerpt()}",
-                    where=str(self.server.options.repository),
-                    fix=f"restart `tritonkit serve` (a supervisor's restart policy does this); the log may say "
-                        f"why the stub died: {self.server.log_path}")
-
-
 def serve(options: ServerOptions, *, on_ready: Callable[[EmbeddedServer], None] | None = None) -> int:
     """Start, wait ready, print the URLs and the security warning, block until SIGINT/SIGTERM, stop.
 
     Returns 0 after a clean stop (1 if tritonserver had to be killed). A server that dies on its
     own, or never gets ready, raises UserError with its log excerpt; nothing is left running. So does
-    a model that stops serving while the server runs (`_Watchdog`: e.g. its python stub was killed).
+    a model that stops serving while the server runs (`tritonkit.watchdog`: e.g. its python stub was killed).
     """
     stop_requested = threading.Event()
     previous: dict[int, object] = {}
@@ -791,7 +520,10 @@ def serve(options: ServerOptions, *, on_ready: Callable[[EmbeddedServer], None] 
     try:
         server.start()
         server.wait_ready(cancel=stop_requested)
-        if not stop_requested.is_set():
+        # The watchdog counts each model's stubs before "ready" is announced: a stub killed right after the
+        # announcement would otherwise be counted as none and never missed.
+        watchdog = None if stop_requested.is_set() else Watchdog(server)
+        if watchdog is not None:
             models = ", ".join(sorted(server.models)) or "none"
             print(f"tritonkit: Triton {server.triton.version} ready: HTTP http://{server.http_url}  "
                   f"gRPC {server.grpc_url}  metrics http://{server.metrics_url}/metrics  "
@@ -801,7 +533,6 @@ def serve(options: ServerOptions, *, on_ready: Callable[[EmbeddedServer], None] 
                 print(f"WARNING: model {name} failed to load: {reason}", file=sys.stderr, flush=True)
             if on_ready is not None:
                 on_ready(server)
-        watchdog = None if stop_requested.is_set() else _Watchdog(server)
         while not stop_requested.wait(0.5):
             code = server.returncode
             if code is not None:

@@ -101,6 +101,7 @@ class ModelSpec:
 class Spec:
     path: Path
     models: tuple[ModelSpec, ...]
+    sha256: str = ""                 # of the file's bytes (load_spec): a plan records it
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
@@ -369,12 +370,16 @@ def load_spec(path: str | Path) -> Spec:
     if not path.is_file():
         raise UserError("spec file not found", where=str(path), actual=str(path), expected="an existing YAML file",
                         fix="pass --spec FILE (the example is deploy/models.yaml)")
+    import hashlib
+
     import yaml
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(raw.decode())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise UserError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where,
                         fix="fix the YAML syntax at that line") from None
-    return parse_spec(data, path)
+    from dataclasses import replace
+    return replace(parse_spec(data, path), sha256=hashlib.sha256(raw).hexdigest())

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .defaults import VALIDATION_SENTENCES
+from .dtypes import TORCH_PRECISIONS
 from .errors import UserError
-
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+from .sources import load_sentence_transformer, quiet_transformers
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def pooled_embeddings(folder: Path, sentences, precision: str, device: str, toke
     import torch
     from transformers import AutoTokenizer
 
-    encoder = bert_module().BertEncoder.from_folder(str(folder), getattr(torch, DTYPES[precision]), device)
+    encoder = bert_module().BertEncoder.from_folder(str(folder), getattr(torch, TORCH_PRECISIONS[precision]), device)
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     batch = tok(list(sentences), padding=True, truncation=True, max_length=256, return_tensors="pt").to(device)
     with torch.inference_mode():
@@ -67,16 +67,15 @@ def export_torch_encoder(model_dir: Path, dest: Path, precision: str, *, atol: f
     """Save the transformer of a sentence-transformers folder to dest (config.json + model.safetensors)."""
     import numpy as np
     import torch
-    from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
 
-    if precision not in DTYPES:
-        raise UserError("precision not supported by the PyTorch path", actual=precision, expected=sorted(DTYPES))
+    if precision not in TORCH_PRECISIONS:
+        raise UserError("precision not supported by the PyTorch path", where=str(model_dir), actual=precision,
+                        expected=sorted(TORCH_PRECISIONS))
     start = time.perf_counter()
     source = _transformer_dir(Path(model_dir))
-    model = AutoModel.from_pretrained(str(source), dtype=getattr(torch, DTYPES[precision]))
+    model = AutoModel.from_pretrained(str(source), dtype=getattr(torch, TORCH_PRECISIONS[precision]))
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(dest), safe_serialization=True)
     for extra in dest.glob("generation_config.json"):
@@ -90,10 +89,8 @@ def export_torch_encoder(model_dir: Path, dest: Path, precision: str, *, atol: f
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # as model.py serves it
     got = pooled_embeddings(dest, sentences, precision, device, source)
-    # .float(): transformers 5 loads a checkpoint in its stored dtype, so an FP16 checkpoint would
-    # otherwise give an FP16 reference.
-    ref = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True).float().encode(
-        list(sentences), normalize_embeddings=True, convert_to_numpy=True)
+    ref = load_sentence_transformer(model_dir).encode(list(sentences), normalize_embeddings=True,
+                                                      convert_to_numpy=True)
     err = float(np.abs(got - ref).max())
     cos = float((np.sum(got * ref, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))).min())
     if not (err <= atol and cos >= min_cosine):

@@ -28,12 +28,11 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import defaults
+from . import defaults, dtypes
+from .compare import ValidationResult, compare_samples, preview, st_reference, synthetic_feeds
 from .errors import UserError
-from .export import (EXPORTER, NUMPY_DTYPES, ValidationResult, _compare, _preview, _quiet_transformers,
-                     load_transformer,
-                     _sentence_embedding_module, _st_features, _st_layout, _trace_inputs, source_sha256,
-                     synthetic_feeds)
+from .export import EXPORTER, sentence_embedding_module, trace_inputs
+from .sources import load_transformer, resolve_sentence_transformer, source_sha256, st_layout
 
 TRACER = "torch.jit.trace"
 
@@ -45,11 +44,11 @@ def export_sentence_embedding_torchscript(model_dir: Path, out_path: Path, *, no
     model_dir, out_path = Path(model_dir), Path(out_path)
     if len(trace_shape) != 2 or min(trace_shape) < 2:
         raise UserError("bad trace_shape", actual=trace_shape, expected="(batch >= 2, sequence >= 2)")
-    layout = _st_layout(model_dir)
+    layout = st_layout(model_dir)
     import torch
     transformer, tokenizer = load_transformer(layout.transformer_dir)
-    wrapper = _sentence_embedding_module(transformer, normalize=normalize)
-    ids, mask = _trace_inputs(tokenizer, trace_shape)
+    wrapper = sentence_embedding_module(transformer, normalize=normalize)
+    ids, mask = trace_inputs(tokenizer, trace_shape)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))
     try:
@@ -75,13 +74,8 @@ def validate_torchscript_sentence_embedding(pt_path: Path, model_dir: Path,
     """The TorchScript file vs ``SentenceTransformer.encode`` on the same token ids (sentence-transformers' own)."""
     import numpy as np
     import torch
-    from sentence_transformers import SentenceTransformer
-    _quiet_transformers()
     sentences = list(sentences)
-    st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True).float()  # FP32 reference even for FP16 checkpoints
-    reference = np.asarray(st.encode(sentences, normalize_embeddings=normalize, convert_to_numpy=True,
-                                     batch_size=len(sentences)), dtype=np.float32)
-    feats = _st_features(st, sentences)
+    reference, feats = st_reference(model_dir, sentences, normalize=normalize)
     module = load_torchscript(pt_path)
     with torch.no_grad():
         got = module(torch.from_numpy(np.asarray(feats["input_ids"], dtype=np.int64)),
@@ -90,8 +84,8 @@ def validate_torchscript_sentence_embedding(pt_path: Path, model_dir: Path,
     if candidate.shape != reference.shape:
         raise UserError("TorchScript output shape differs from sentence-transformers", where=str(pt_path),
                         actual=list(candidate.shape), expected=list(reference.shape))
-    return _compare(reference, candidate, [_preview(s) for s in sentences], atol=atol, rtol=rtol,
-                    min_cosine=min_cosine)
+    return compare_samples(reference, candidate, [preview(s) for s in sentences], atol=atol, rtol=rtol,
+                           min_cosine=min_cosine)
 
 
 def load_torchscript(path: Path):
@@ -125,7 +119,7 @@ def check_torchscript(pt_path: Path, spec_model) -> dict:
                             where=str(pt_path), actual=len(outs), expected=len(spec_model.outputs))
         for t, o in zip(spec_model.outputs, outs):
             want = spec_model.shape(t.dims, which)
-            want_dtype = NUMPY_DTYPES.get(t.dtype)
+            want_dtype = dtypes.numpy_dtype(t.dtype, where=f"{pt_path}: output '{t.name}'")
             got = o.detach().cpu().numpy()
             if got.shape != want or str(got.dtype) != want_dtype:
                 raise UserError(f"output '{t.name}' does not match the spec at the {which} shapes", where=str(pt_path),
@@ -146,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rtol", type=float, default=0.0)
     p.add_argument("--min-cosine", type=float, default=0.9999)
     args = p.parse_args(argv)
-    from .export import resolve_sentence_transformer
     try:
         model_dir = resolve_sentence_transformer(args.source)
         record = export_sentence_embedding_torchscript(model_dir, args.out)
@@ -166,9 +159,6 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     return 0
 
-
-__all__ = ["export_sentence_embedding_torchscript", "validate_torchscript_sentence_embedding", "check_torchscript",
-           "load_torchscript"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,7 @@ def load_texts(path: Path = SENTENCES) -> tuple[str, ...]:
 
 def bench_target(model: ModelSpec, url: str, protocol: str, batch: int = 1):
     """Text pipelines get real sentences; other models get seeded data at each axis' `opt` size."""
-    from .bench import BenchTarget, TensorSpec
+    from .load import BenchTarget, TensorSpec
 
     lead = (batch,) if model.batched else ()
     if model.pipeline == "text-embedding":

@@ -1,6 +1,7 @@
 #!/bin/sh
 # The `prepare` step of the compose stack (runs in the kit image before Triton starts):
-# detect the hardware inside the stack, render the model repository for it, and build what the plan names.
+# detect the hardware inside the stack, plan and render the model repository for it, and build what the plan
+# names. Planning flags are given once, to render; build (here or in trt-build) reads the repository's plan.json.
 # Any failure stops here with the cause in this service's log and a non-zero exit, so `triton` never
 # starts on a missing or stale repository.
 #
@@ -26,7 +27,7 @@ echo "prepare: rendering $spec for the $server server (--gpu $gpu) into $repo"
 tritonkit render --spec "$spec" --gpu "$gpu" --server "$server" --out "$repo" --explain
 if [ "${TRITONKIT_BUILD:-yes}" = yes ]; then
     step=build
-    tritonkit build --spec "$spec" --gpu "$gpu" --server "$server" --repo "$repo"
+    tritonkit build --repo "$repo"
 else
     echo "prepare: artifacts are built by the trt-build service"
 fi

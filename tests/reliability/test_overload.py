@@ -65,13 +65,18 @@ def test_twice_the_capacity_is_shed_quickly_and_the_server_recovers(minilm_serve
     ok_ms = [o.latency_s * 1000 for o in outcomes if o.status == "OK"]
     goodput = len(ok_ms) / (2 * OVERLOAD_S)
     calm_ms = [o.latency_s * 1000 for o in calm.ok()]
+
+    def pct(values, q):  # an empty list (nothing shed, nothing answered) prints as nan instead of raising
+        return soak.percentile(values, q) if values else float("nan")
+
+    calm_p99 = pct(calm_ms, 99)
     print(f"\nFIGURE overload: capacity {minilm_capacity:.0f}/s, offered {phases[0].rate_rps:.0f}/s for 2 x {OVERLOAD_S:g} s: "
           f"{statuses}, goodput {goodput:.0f}/s, rejection p50/p99/max "
-          f"{soak.percentile(rej_ms, 50):.0f}/{soak.percentile(rej_ms, 99):.0f}/{max(rej_ms):.0f} ms, ok p50/p99 "
-          f"{soak.percentile(ok_ms, 50):.0f}/{soak.percentile(ok_ms, 99):.0f} ms, RSS peak (server + stubs) "
+          f"{pct(rej_ms, 50):.0f}/{pct(rej_ms, 99):.0f}/{pct(rej_ms, 100):.0f} ms, ok p50/p99 "
+          f"{pct(ok_ms, 50):.0f}/{pct(ok_ms, 99):.0f} ms, RSS peak (server + stubs) "
           f"{peaks[0] / 1024:.1f} -> {peaks[1] / 1024:.1f} MiB ({growth:+.2f}%), reasons "
           f"{sorted({o.detail.split(']')[-1].strip()[-40:] for o in rejected})}; recovery at {calm.rate_rps:.0f}/s: "
-          f"{calm.by_status()}, p99 {soak.percentile(calm_ms, 99):.0f} ms (other work: {other_cpu:.0f}% of the CPUs)")
+          f"{calm.by_status()}, p99 {calm_p99:.0f} ms (other work: {other_cpu:.0f}% of the CPUs)")
 
     assert sum(run.late_sends for run in phases) < 0.05 * len(outcomes), "the client could not offer 2x"
     assert set(statuses) <= {"OK", "UNAVAILABLE"}, statuses  # no client timeouts, no other failures
@@ -80,9 +85,16 @@ def test_twice_the_capacity_is_shed_quickly_and_the_server_recovers(minilm_serve
     assert goodput >= 0.5 * minilm_capacity, f"goodput collapsed to {goodput:.0f}/s under overload"
     assert growth < RSS_GROWTH_LIMIT_PCT, f"RSS kept growing under sustained overload: {growth:+.2f}%"
 
-    recovered = calm.by_status() == {"OK": len(calm.outcomes)} and soak.percentile(calm_ms, 99) < model.p99_budget_ms
-    if not recovered and other_cpu > NOISY_NEIGHBOUR_PCT:
-        pytest.skip(f"recovery not measurable: other processes used {other_cpu:.0f}% of the CPUs "
-                    f"({calm.by_status()}, p99 {soak.percentile(calm_ms, 99):.0f} ms)")
-    assert calm.by_status() == {"OK": len(calm.outcomes)}, calm.by_status()
-    assert soak.percentile(calm_ms, 99) < model.p99_budget_ms
+    recovered = bool(calm_ms) and calm.by_status() == {"OK": len(calm.outcomes)} and calm_p99 < model.p99_budget_ms
+    if not recovered:
+        figures = (f"recovery at {calm.rate_rps:.0f}/s for {RECOVERY_S:g} s: {calm.by_status()}, p99 {calm_p99:.0f} ms "
+                   f"(budget {model.p99_budget_ms:g} ms); other processes used {other_cpu:.0f}% of the CPUs")
+        # Only the recovery half is judged this way (the shedding asserts above stand whatever the load). xfail,
+        # not skip and not fail, when other processes demonstrably took > NOISY_NEIGHBOUR_PCT of the CPUs
+        # during the calm phase (measured from /proc; NaN, not measured, is not > 15 and fails): the slow
+        # recovery then measured the machine, failing would blame the server, a skip would read as "not run".
+        # The xfail carries the figures into the -ra summary and never counts as a pass: a pass means the
+        # server recovered.
+        if other_cpu > NOISY_NEIGHBOUR_PCT:
+            pytest.xfail(f"recovery failed on a loaded machine, not a measurement of the server: {figures}")
+        pytest.fail(f"the server did not recover after the overload: {figures}")

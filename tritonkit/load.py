@@ -1,11 +1,11 @@
-"""Measure step: drive a running Triton over a concurrency sweep, report client and server latency.
+"""Measure step, load generation: drive a running Triton over a concurrency sweep -> BenchReport.
 
 running server -> measured latency report. `run_bench` validates the target against the server
 (model ready, input names/dtypes/shapes match its metadata, statistics API reachable), warms up,
 then for each concurrency level N runs N closed-loop workers (each keeps exactly one request in
 flight) until `requests_per_level` requests have been sent. Client latency is taken per request
-with `time.perf_counter`; the server-side breakdown is the delta of Triton's statistics API over
-the level, for every model that saw traffic (an ensemble and its composing models).
+with `time.perf_counter`; the figures and the verdict come from tritonkit.stats, the printed and
+written reports from tritonkit.report.
 
 Threading model: one OS thread per worker, each owning its own tritonclient client for the whole
 run (connected before any timing starts). gRPC: a sync client per thread on its own channel with a
@@ -15,60 +15,39 @@ creates and uses its own client (one pooled connection each: N workers = N conne
 same as one client with a pool of N, without sharing a gevent hub between threads).
 Blocking calls release the GIL, so threads overlap real network waits.
 
-Heavy imports (numpy, tritonclient, rich, matplotlib) happen inside functions.
+Heavy imports (numpy, tritonclient, rich) happen inside functions.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import queue
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable
 
-from tritonkit.defaults import (
+from .defaults import (
     BENCH_CONCURRENCY,
     BENCH_REQUEST_TIMEOUT_S,
     BENCH_REQUESTS_PER_LEVEL,
     BENCH_WARMUP_REQUESTS,
     VALIDATION_SENTENCES,
 )
-from tritonkit.errors import UserError
+from .dtypes import DTYPES, numpy_dtype
+from .errors import UserError
+from .stats import (LevelResult, fmt_ms, level_result, server_delta, server_snapshot,
+                    settled_snapshot, verdict)
 
 # Per-request client timeout: bounds a level in time (worst case requests/concurrency * this).
 REQUEST_TIMEOUT_S = BENCH_REQUEST_TIMEOUT_S
 # How long a worker may take to connect before the sweep starts.
 CONNECT_TIMEOUT_S = 10.0
-# Triton updates statistics when a request is released, which can trail the response slightly.
-STATS_SETTLE_S = 2.0
 REPORT_SCHEMA = "tritonkit.bench/1"
 PROTOCOLS = ("grpc", "http")
 SERVE_HINT = "is the server running? start it with `tritonkit serve`"
-
-
-# --- Data per Triton dtype: a table, a miss raises --------------------------------------------------
-def _ints(np_dtype: str) -> Callable:
-    return lambda rng, shape: rng.integers(0, 100, size=shape).astype(np_dtype)
-
-
-def _floats(np_dtype: str) -> Callable:
-    return lambda rng, shape: rng.standard_normal(size=shape).astype(np_dtype)
-
-
-# Triton datatype -> generator of seeded random data (BYTES is filled from text, see _text_array).
-_RANDOM_DATA: dict[str, Callable | None] = {
-    "BOOL": lambda rng, shape: rng.integers(0, 2, size=shape).astype(bool),
-    "UINT8": _ints("uint8"), "UINT16": _ints("uint16"), "UINT32": _ints("uint32"),
-    "UINT64": _ints("uint64"),
-    "INT8": _ints("int8"), "INT16": _ints("int16"), "INT32": _ints("int32"), "INT64": _ints("int64"),
-    "FP16": _floats("float16"), "FP32": _floats("float32"), "FP64": _floats("float64"),
-    "BYTES": None,
-}
 DATA_VARIANTS = 8  # distinct random tensors per input, cycled through requests
 DATA_SEED = 0
 
@@ -82,9 +61,9 @@ class TensorSpec:
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
-        if self.dtype not in _RANDOM_DATA:
+        if self.dtype not in sendable_dtypes():
             raise UserError(f"input {self.name!r}: unsupported datatype", actual=self.dtype,
-                            expected=f"one of {sorted(_RANDOM_DATA)}")
+                            expected=f"one of {sendable_dtypes()}")
         if not self.shape or any(d <= 0 for d in self.shape):
             raise UserError(f"input {self.name!r}: shape must be concrete (every dim >= 1)",
                             actual=list(self.shape), expected="e.g. [1, 16] (batch included)",
@@ -114,28 +93,6 @@ class BenchTarget:
         names = [t.name for t in self.inputs]
         if len(set(names)) != len(names):
             raise UserError("input names repeat", actual=names)
-
-
-@dataclass(frozen=True)
-class LevelResult:
-    concurrency: int
-    requests: int          # requests sent (successes + errors)
-    errors: int
-    seconds: float         # wall time of the level
-    throughput_rps: float  # successful responses per second
-    items_per_s: float     # throughput_rps * batch size of one request
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    max_ms: float
-    # model -> averages over the level (Triton statistics deltas): requests, failures, inferences,
-    # (`failures` is the server's view: Triton 2.51's python backend counts an error response as a
-    # success there, so `errors` above, counted by the client, is the authoritative failure count)
-    # executions, avg_batch_size, request_us, queue_us, compute_input_us, compute_infer_us,
-    # compute_output_us. Ensemble and composing models each have an entry.
-    server: dict[str, dict[str, float]]
-    error_samples: tuple[str, ...] = ()  # first few distinct error messages of the level
 
 
 @dataclass(frozen=True)
@@ -316,7 +273,37 @@ def _validate(target: BenchTarget, admin) -> _ModelInfo:
     return _ModelInfo(server_version=version, max_batch_size=max_batch, items_per_request=items)
 
 
-# --- Request data ----------------------------------------------------------------------------------
+# --- Request data: per datatype, derived from the one table (tritonkit.dtypes) -----------------------
+# BYTES has no NumPy dtype: its data is text (see _text_array). BF16 has none either, and is refused.
+TEXT_DTYPE = "BYTES"
+
+
+def _small_ints(rng, shape, dt):
+    # small and non-negative: fits every int width and stays a valid id or index
+    return rng.integers(0, 100, size=shape).astype(dt)
+
+
+# NumPy kind -> seeded random data; keyed by kind so a datatype added to the table needs no row here.
+_RANDOM_BY_KIND: dict[str, Callable] = {
+    "b": lambda rng, shape, dt: rng.integers(0, 2, size=shape).astype(dt),
+    "u": _small_ints,
+    "i": _small_ints,
+    "f": lambda rng, shape, dt: rng.standard_normal(size=shape).astype(dt),
+}
+
+
+def sendable_dtypes() -> list[str]:
+    """Datatypes a request can carry: every one with a NumPy array, and BYTES (texts)."""
+    return [name for name, d in DTYPES.items() if d.numpy or name == TEXT_DTYPE]
+
+
+def _random_array(rng, dtype: str, shape: tuple[int, ...]):
+    import numpy as np
+
+    np_dtype = np.dtype(numpy_dtype(dtype))
+    return _RANDOM_BY_KIND[np_dtype.kind](rng, shape, np_dtype)
+
+
 def _text_array(texts: tuple[str, ...], shape: tuple[int, ...], offset: int):
     import numpy as np
 
@@ -335,17 +322,16 @@ def _request_arrays(target: BenchTarget) -> list[dict[str, Any]]:
 
     rng = np.random.default_rng(DATA_SEED)
     texts = target.texts or VALIDATION_SENTENCES
-    has_text = any(s.dtype == "BYTES" for s in target.inputs)
+    has_text = any(s.dtype == TEXT_DTYPE for s in target.inputs)
     n = max(DATA_VARIANTS, min(len(texts), 256)) if has_text else DATA_VARIANTS
     variants = []
     for v in range(n):
         arrays = {}
         for spec in target.inputs:
-            make = _RANDOM_DATA[spec.dtype]
-            if make is None:
+            if spec.dtype == TEXT_DTYPE:
                 arrays[spec.name] = _text_array(texts, spec.shape, v * math.prod(spec.shape))
             else:
-                arrays[spec.name] = make(rng, spec.shape)
+                arrays[spec.name] = _random_array(rng, spec.dtype, spec.shape)
         variants.append(arrays)
     return variants
 
@@ -520,134 +506,6 @@ def _short_error(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-# --- Server statistics -----------------------------------------------------------------------------
-_STAT_PHASES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
-
-
-def _stats_snapshot(target: BenchTarget, admin) -> dict[str, dict[str, int]]:
-    """model name -> summed counters over its versions (grpc JSON gives ints as strings)."""
-    proto = _PROTOCOLS[target.protocol]
-    raw = admin.get_inference_statistics(model_name="", **proto.json_kwargs,
-                                         **proto.call_kwargs(CONNECT_TIMEOUT_S))
-    snap: dict[str, dict[str, int]] = {}
-    for m in raw.get("model_stats", []):
-        acc = snap.setdefault(m["name"], {})
-        counters = {"inference_count": m.get("inference_count", 0),
-                    "execution_count": m.get("execution_count", 0)}
-        stats = m.get("inference_stats", {})
-        for phase in _STAT_PHASES:
-            counters[f"{phase}_count"] = stats.get(phase, {}).get("count", 0)
-            counters[f"{phase}_ns"] = stats.get(phase, {}).get("ns", 0)
-        for key, value in counters.items():
-            acc[key] = acc.get(key, 0) + int(value)
-    return snap
-
-
-def _stats_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
-    def avg_us(d: dict, phase: str) -> float:
-        n = d[f"{phase}_count"]
-        return d[f"{phase}_ns"] / n / 1e3 if n else 0.0
-
-    out = {}
-    for name, now in sorted(after.items()):
-        was = before.get(name, {})
-        d = {k: v - was.get(k, 0) for k, v in now.items()}
-        if d["success_count"] == 0 and d["fail_count"] == 0:
-            continue
-        out[name] = {
-            "requests": float(d["success_count"]),
-            "failures": float(d["fail_count"]),
-            "inferences": float(d["inference_count"]),
-            "executions": float(d["execution_count"]),
-            "avg_batch_size": d["inference_count"] / d["execution_count"] if d["execution_count"] else 0.0,
-            "request_us": avg_us(d, "success"),
-            "queue_us": avg_us(d, "queue"),
-            "compute_input_us": avg_us(d, "compute_input"),
-            "compute_infer_us": avg_us(d, "compute_infer"),
-            "compute_output_us": avg_us(d, "compute_output"),
-        }
-    return out
-
-
-def _settled_snapshot(target: BenchTarget, admin, before: dict, expect: int) -> dict:
-    """Statistics after a batch of requests, once Triton has finished counting them.
-
-    Triton records statistics when a request is released, which can trail its response: wait until
-    the target model has counted the `expect` requests that got a response (failed ones may never
-    have reached it) and two snapshots in a row agree (composing models of an ensemble settle
-    too). Bounded by STATS_SETTLE_S either way.
-    """
-    deadline = time.monotonic() + STATS_SETTLE_S
-    previous = None
-    while True:
-        after = _stats_snapshot(target, admin)
-        now, was = after.get(target.model, {}), before.get(target.model, {})
-        seen = sum(now.get(k, 0) - was.get(k, 0) for k in ("success_count", "fail_count"))
-        if (seen >= expect and after == previous) or time.monotonic() > deadline:
-            return after
-        previous = after
-        time.sleep(0.005)
-
-
-# --- Results and verdict ---------------------------------------------------------------------------
-def _level_result(concurrency: int, level: _Level, items_per_request: int, server: dict) -> LevelResult:
-    import numpy as np
-
-    seconds = max(level.t_end - level.t_start, 1e-9)
-    ok = len(level.latencies)
-    if ok:
-        lat = np.asarray(level.latencies) * 1e3
-        p50, p90, p99 = (float(x) for x in np.percentile(lat, [50, 90, 99]))
-        mean, worst = float(lat.mean()), float(lat.max())
-    else:
-        p50 = p90 = p99 = mean = worst = math.nan
-    samples = tuple(dict.fromkeys(level.errors))[:5]
-    return LevelResult(concurrency=concurrency, requests=ok + len(level.errors),
-                       errors=len(level.errors), seconds=seconds, throughput_rps=ok / seconds,
-                       items_per_s=ok * items_per_request / seconds, p50_ms=p50, p90_ms=p90,
-                       p99_ms=p99, mean_ms=mean, max_ms=worst, server=server,
-                       error_samples=samples)
-
-
-def _fmt_ms(x: float) -> str:
-    if not math.isfinite(x):
-        return "-"
-    return f"{x:.2f}" if x < 100 else f"{x:.1f}"
-
-
-def _sig3(x: float) -> str:
-    """About 3 significant digits, never scientific: 0.43, 3.01, 62.1, 1234."""
-    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
-
-
-def verdict(levels: tuple[LevelResult, ...], budget_p99_ms: float | None) -> tuple[bool, str]:
-    """(passed, reason). Errors fail first; then the worst p99 against the budget."""
-    total = sum(lv.requests for lv in levels)
-    if not levels:
-        return False, "no level was measured"
-    errored = [lv for lv in levels if lv.errors]
-    if errored:
-        lv = max(errored, key=lambda x: x.errors)
-        first = f": {lv.error_samples[0]}" if lv.error_samples else ""
-        more = f" (errors at {len(errored)} levels)" if len(errored) > 1 else ""
-        reason = (f"{lv.errors} of {lv.requests} requests failed at concurrency "
-                  f"{lv.concurrency}{more}{first}")
-        measured = [x for x in levels if math.isfinite(x.p99_ms)]
-        worst = max(measured, key=lambda x: x.p99_ms, default=None)
-        if budget_p99_ms is not None and worst is not None and worst.p99_ms > budget_p99_ms:
-            reason += (f"; also p99 {_sig3(worst.p99_ms)} ms at concurrency {worst.concurrency} "
-                       f"> budget {budget_p99_ms:g} ms")
-        return False, reason
-    worst = max(levels, key=lambda x: x.p99_ms)
-    if budget_p99_ms is None:
-        return True, (f"0 errors in {total} requests (no p99 budget given; worst p99 "
-                      f"{_sig3(worst.p99_ms)} ms at concurrency {worst.concurrency})")
-    at = f"p99 {_sig3(worst.p99_ms)} ms at concurrency {worst.concurrency}"
-    if worst.p99_ms > budget_p99_ms:
-        return False, f"{at} > budget {budget_p99_ms:g} ms"
-    return True, f"worst {at} <= budget {budget_p99_ms:g} ms, 0 errors in {total} requests"
-
-
 # --- The measure step ------------------------------------------------------------------------------
 def run_bench(target: BenchTarget, *, concurrency=BENCH_CONCURRENCY,
               requests_per_level: int = BENCH_REQUESTS_PER_LEVEL,
@@ -666,12 +524,18 @@ def run_bench(target: BenchTarget, *, concurrency=BENCH_CONCURRENCY,
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     admin = _connect(target, CONNECT_TIMEOUT_S)
+    proto = _PROTOCOLS[target.protocol]
+    call = {**proto.json_kwargs, **proto.call_kwargs(CONNECT_TIMEOUT_S)}
+
+    def snapshot_now() -> dict:
+        return server_snapshot(admin, **call)
+
     try:
         info = _validate(target, admin)
         log = _Log(progress, levels_n, requests_per_level, warmup_requests)
         results = []
         with _Workers(target, max(levels_n), request_timeout_s) as workers, log:
-            snapshot = _stats_snapshot(target, admin)
+            snapshot = snapshot_now()
             if warmup_requests:
                 warm = workers.run(max(levels_n), warmup_requests, log.tick_warmup)
                 if warm.errors and not warm.latencies:
@@ -679,13 +543,16 @@ def run_bench(target: BenchTarget, *, concurrency=BENCH_CONCURRENCY,
                                     actual=warm.errors[0],
                                     fix="check the input shapes/data against the model")
                 # settled, so no warmup request is counted in the first level
-                snapshot = _settled_snapshot(target, admin, snapshot, len(warm.latencies))
+                snapshot = settled_snapshot(snapshot_now, target.model, snapshot,
+                                            len(warm.latencies))
             for n in levels_n:
                 before = snapshot
                 level = workers.run(n, requests_per_level, log.tick)
-                snapshot = _settled_snapshot(target, admin, before, len(level.latencies))
-                result = _level_result(n, level, info.items_per_request,
-                                       _stats_delta(before, snapshot))
+                snapshot = settled_snapshot(snapshot_now, target.model, before,
+                                            len(level.latencies))
+                result = level_result(n, level.latencies, level.errors,
+                                      level.t_end - level.t_start, info.items_per_request,
+                                      server_delta(before, snapshot))
                 results.append(result)
                 log.level_done(result, budget_p99_ms)
     finally:
@@ -751,143 +618,5 @@ class _Log:
         style = "red" if r.errors or over else "green"
         self.console.print(
             f"[{style}]concurrency {r.concurrency:>3}[/]: {r.requests} requests, {r.errors} errors, "
-            f"{r.throughput_rps:.1f} req/s, p50 {_fmt_ms(r.p50_ms)} ms, p99 {_fmt_ms(r.p99_ms)} ms",
+            f"{r.throughput_rps:.1f} req/s, p50 {fmt_ms(r.p50_ms)} ms, p99 {fmt_ms(r.p99_ms)} ms",
             highlight=False)
-
-
-# --- Output: table, files, plot --------------------------------------------------------------------
-def _renderables(report: BenchReport, ascii_box: bool = False):
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    style = box.ASCII2 if ascii_box else box.SIMPLE_HEAVY
-    t = report.target
-    head = Text(f"tritonkit bench: model {t.model!r} via {t.protocol} at {t.url}, Triton "
-                f"{report.server_version}, started {report.started_at}")
-    budget = report.budget_p99_ms
-    compact = {"box": style, "title_justify": "left"}
-    if not ascii_box:  # terminal: fit 80 columns
-        compact.update(padding=(0, 1), collapse_padding=True, pad_edge=False)
-    client = Table(title="Client side (latency per request, ms)", **compact)
-    for col in ("conc", "reqs", "errors", "req/s", "items/s", "p50", "p90", "p99", "mean", "max"):
-        client.add_column(col, justify="right", no_wrap=True)
-    for lv in report.levels:
-        over = budget is not None and not (lv.p99_ms <= budget)
-        client.add_row(str(lv.concurrency), str(lv.requests),
-                       Text(str(lv.errors), style="red" if lv.errors else ""),
-                       f"{lv.throughput_rps:.1f}", f"{lv.items_per_s:.1f}", _fmt_ms(lv.p50_ms),
-                       _fmt_ms(lv.p90_ms), Text(_fmt_ms(lv.p99_ms), style="red" if over else ""),
-                       _fmt_ms(lv.mean_ms), _fmt_ms(lv.max_ms))
-    server = Table(title="Server side (Triton statistics over each level; avg per request, ms)",
-                   **compact)
-    for col in ("conc", "model", "reqs", "fail", "batch", "queue", "input", "infer", "output",
-                "total"):
-        server.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
-    for lv in report.levels:
-        # the benchmarked model (e.g. the ensemble) first, then its composing models
-        for name, s in sorted(lv.server.items(), key=lambda kv: (kv[0] != t.model, kv[0])):
-            server.add_row(str(lv.concurrency), name, f"{s['requests']:.0f}",
-                           f"{s['failures']:.0f}", f"{s['avg_batch_size']:.2f}",
-                           *(f"{s[k] / 1e3:.2f}" for k in ("queue_us", "compute_input_us",
-                                                            "compute_infer_us", "compute_output_us",
-                                                            "request_us")))
-    budget_line = Text(f"p99 budget: {budget:g} ms" if budget is not None else "p99 budget: none")
-    word = "PASSED" if report.verdict else "FAILED"
-    final = Text(f"{word}: {report.verdict_reason}",
-                 style="bold green" if report.verdict else "bold red")
-    return [head, client, server, budget_line, final]
-
-
-def print_report(report: BenchReport, console=None) -> None:
-    """Client table, server breakdown, then a PASSED/FAILED line with the reason."""
-    from rich.console import Console
-
-    console = console or Console()
-    for item in _renderables(report):
-        console.print(item, highlight=False)
-
-
-def _report_text(report: BenchReport) -> str:
-    import io
-
-    from rich.console import Console
-
-    buf = io.StringIO()
-    console = Console(file=buf, width=132, color_system=None, force_terminal=False,
-                      legacy_windows=False)
-    for item in _renderables(report, ascii_box=True):
-        console.print(item, highlight=False)
-    return buf.getvalue()
-
-
-def plot_report(report: BenchReport, path: Path) -> Path:
-    """PNG: latency percentiles (and budget) vs concurrency | throughput vs concurrency."""
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
-
-    levels = report.levels
-    xs = [lv.concurrency for lv in levels]
-    fig = Figure(figsize=(12, 4.8), dpi=110, layout="constrained")
-    ax_lat, ax_thr = fig.subplots(1, 2)
-    for key, label, style in (("p50_ms", "p50", "o-"), ("p90_ms", "p90", "s-"),
-                              ("p99_ms", "p99", "^-")):
-        ax_lat.plot(xs, [getattr(lv, key) for lv in levels], style, label=label)
-    finite = [lv.p99_ms for lv in levels if math.isfinite(lv.p99_ms)] or [1.0]
-    top = max(finite) * 1.15
-    budget = report.budget_p99_ms
-    if budget is not None and budget <= 3 * max(finite):
-        ax_lat.axhline(budget, color="tab:red", linestyle="--", label=f"p99 budget {budget:g} ms")
-        top = max(top, budget * 1.15)
-    elif budget is not None:  # drawing it would squash the curves flat: say where it is instead
-        ax_lat.plot([], [], color="tab:red", linestyle="--",
-                    label=f"p99 budget {budget:g} ms (far above)")
-    for i, lv in enumerate(levels):
-        if lv.errors:
-            ha = "left" if i == 0 else "right" if i == len(levels) - 1 else "center"
-            ax_lat.plot([lv.concurrency], [0], "X", color="tab:red", markersize=10, clip_on=False)
-            ax_lat.annotate(f"{lv.errors} errors", (lv.concurrency, 0),
-                            xycoords=("data", "axes fraction"), xytext=(0, 10),
-                            textcoords="offset points", color="tab:red", ha=ha)
-    ax_lat.set(xlabel="concurrency (requests in flight)", ylabel="client latency (ms)",
-               title="Latency per request")
-    ax_lat.set_ylim(0, top)
-    ax_lat.legend(loc="best")
-
-    ax_thr.plot(xs, [lv.throughput_rps for lv in levels], "o-", color="tab:green", label="requests/s")
-    items = [lv.items_per_s for lv in levels]
-    if any(abs(i - lv.throughput_rps) > 1e-9 for i, lv in zip(items, levels)):
-        ax_thr.plot(xs, items, "s--", color="tab:olive", label="items/s")
-    for lv in levels:
-        ax_thr.annotate(f"{lv.throughput_rps:.0f}", (lv.concurrency, lv.throughput_rps),
-                        xytext=(0, 6), textcoords="offset points", ha="center", fontsize=8)
-    ax_thr.set(xlabel="concurrency (requests in flight)", ylabel="throughput (per second)",
-               title="Throughput")
-    ax_thr.set_ylim(0, max([lv.throughput_rps for lv in levels] + items + [1.0]) * 1.15)
-    ax_thr.legend(loc="best")
-    for ax in (ax_lat, ax_thr):
-        if len(xs) > 2 and min(xs) > 0 and max(xs) / min(xs) >= 4:
-            ax.set_xscale("log", base=2)
-        ax.set_xticks(xs, [str(x) for x in xs])
-        ax.grid(True, alpha=0.3)
-    word = "PASSED" if report.verdict else "FAILED"
-    fig.suptitle(f"{report.target.model} via {report.target.protocol} - Triton "
-                 f"{report.server_version} - {word}", fontweight="bold",
-                 color="tab:green" if report.verdict else "tab:red")
-    fig.savefig(path, format="png")
-    return path
-
-
-def write_report(report: BenchReport, out_dir: Path, *, stem: str = "bench") -> dict[str, Path]:
-    """Write <stem>.json (round-trips via BenchReport.from_json), <stem>.txt and <stem>.png."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / f"{stem}.json", "txt": out_dir / f"{stem}.txt",
-             "png": out_dir / f"{stem}.png"}
-    paths["json"].write_text(json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
-    paths["txt"].write_text(_report_text(report))
-    plot_report(report, paths["png"])
-    return paths
-
-
-__all__ = ["TensorSpec", "BenchTarget", "LevelResult", "BenchReport", "run_bench", "write_report",
-           "print_report", "plot_report", "verdict", "REQUEST_TIMEOUT_S"]
