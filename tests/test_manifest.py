@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from tests.tiny_models import write_cnn_spec
-from tests.trt_stand_in import StandIn, install, write_cnn_onnx
+from tests.tiny_models import write_cnn_onnx
+from tests.trt_stand_in import StandIn, install
 from tritonkit import defaults, servers
 from tritonkit.build import build
 from tritonkit.catalogue import CATALOGUE

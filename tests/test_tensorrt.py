@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.tiny_models import cnn_images, write_cnn_spec
-from tests.trt_stand_in import write_cnn_onnx
+from tests.tiny_models import write_cnn_onnx
 from tritonkit import defaults
 from tritonkit.catalogue import CATALOGUE, GIB
 from tritonkit.errors import UserError

@@ -200,3 +200,33 @@ def export_tiny_onnx(out_path: Path, *, input_name: str = "x", output_name: str 
     inputs, outputs = read_onnx_signature(out_path)
     return ExportResult(path=out_path, opset=opset, exporter=f"onnx.helper onnx {onnx.__version__}",
                         inputs=inputs, outputs=outputs, seconds=time.perf_counter() - started)
+
+
+def write_cnn_onnx(folder: Path, name: str = "cnn.onnx", seed: int = 0) -> Path:
+    """image FP32 [batch, 3, 32, 32] -> Conv 3x3 (8) ReLU GlobalAveragePool Flatten MatMul+Add -> logits [batch, 10].
+
+    Fixed-seed weights: logits of magnitude ~1, so FP16 rounding shows (~1e-3) and stays inside tolerance.fp16."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tritonkit.defaults import ONNX_OPSET
+    rng = np.random.default_rng(seed)
+    weights = {"conv_w": rng.standard_normal((8, 3, 3, 3)) / 3, "conv_b": rng.standard_normal(8) / 10,
+               "fc_w": rng.standard_normal((8, 10)) / 2, "fc_b": rng.standard_normal(10) / 10}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["conv"], ["relu"]),
+         helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+         helper.make_node("Flatten", ["pool"], ["flat"], axis=1),
+         helper.make_node("MatMul", ["flat", "fc_w"], ["fc"]),
+         helper.make_node("Add", ["fc", "fc_b"], ["logits"])], "tiny_cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        initializer=[numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()])
+    opsets = [helper.make_opsetid("", ONNX_OPSET)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+    onnx.checker.check_model(model, full_check=True)
+    path = Path(folder) / name
+    path.write_bytes(model.SerializeToString())
+    return path
