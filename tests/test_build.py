@@ -229,7 +229,7 @@ def test_torchscript_that_does_not_fit_the_spec_is_refused_and_nothing_is_writte
     args = ["--spec", str(spec_path), "--gpu", "none", "--server", "ngc"]
     assert subprocess.run([*CLI, "render", *args, "--out", str(repo)], cwd=ROOT).returncode == 0
     before = tree(repo)
-    r = subprocess.run([*CLI, "build", *args, "--repo", str(repo)], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run([*CLI, "build", "--repo", str(repo)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "output 'embedding' does not match the spec" in r.stderr and "[1, 3]" in r.stderr and "[1, 5]" in r.stderr
     assert tree(repo) == before
