@@ -227,8 +227,13 @@ def _bench_and_report(model, url: str, args) -> int:
     from .workload import bench_target
     target = bench_target(model, url, args.protocol, batch=args.batch)
     budget = args.budget_ms if args.budget_ms is not None else model.p99_budget_ms
-    report = run_bench(target, concurrency=args.concurrency, requests_per_level=args.requests,
-                       budget_p99_ms=budget, progress=not args.no_progress)
+    # Rates alone mean an open-loop run; the default concurrency sweep runs only when nothing else is asked.
+    concurrency = args.concurrency if args.concurrency is not None else \
+        (() if args.request_rate or args.find_capacity else defaults.BENCH_CONCURRENCY)
+    report = run_bench(target, concurrency=concurrency, request_rates=args.request_rate or (),
+                       requests_per_level=args.requests, duration_s=args.duration, budget_p99_ms=budget,
+                       progress=not args.no_progress, poisson=args.arrival == "poisson",
+                       find_capacity=args.find_capacity, processes=args.client_processes)
     print_report(report)
     paths = write_report(report, args.reports, stem=f"bench-{model.name}-{args.protocol}")
     print("report: " + "  ".join(str(p) for p in paths.values()))
@@ -255,6 +260,7 @@ def cmd_demo(args) -> int:
     if args.server not in (None, "embedded"):
         raise UserError("demo serves on the embedded server", where="--server", actual=args.server,
                         expected="embedded", fix="for the NGC image: `tritonkit render --server ngc` and docker compose")
+    args.find_capacity = True   # the demo's headline: the request rate served within the spec's budget
     spec, plans = _make_plans(args)
     if len(plans) > 1:
         raise UserError("demo serves one GPU type", where="--gpu", actual=args.gpu, expected="a single GPU type",
@@ -301,6 +307,16 @@ def _concurrency(text: str) -> tuple[int, ...]:
     return levels
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated requests/s like 50,100,200, got {text!r}") from None
+    if not rates or not all(r > 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"request rates must be > 0, got {text!r}")
+    return rates
+
+
 def _repo_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", "--repository", dest="repo", type=Path, default=defaults.DEFAULT_REPOSITORY,
                    help="model repository, with the plan.json render wrote (default: %(default)s)")
@@ -315,9 +331,21 @@ def _bench_args(p: argparse.ArgumentParser, with_url: bool) -> None:
         g.add_argument("--http-port", type=int, default=defaults.HTTP_PORT)
         g.add_argument("--grpc-port", type=int, default=defaults.GRPC_PORT)
     g.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    g.add_argument("--concurrency", type=_concurrency, default=defaults.BENCH_CONCURRENCY,
-                   help="comma-separated levels (default: %(default)s)")
-    g.add_argument("--requests", type=int, default=defaults.BENCH_REQUESTS_PER_LEVEL, help="requests per level")
+    g.add_argument("--concurrency", type=_concurrency, default=None,
+                   help=f"closed loop: comma-separated levels of requests in flight (default: "
+                        f"{','.join(map(str, defaults.BENCH_CONCURRENCY))} unless rates or --find-capacity are given)")
+    g.add_argument("--requests", type=int, default=defaults.BENCH_REQUESTS_PER_LEVEL,
+                   help="requests per closed-loop level (default: %(default)s)")
+    g.add_argument("--request-rate", type=_rates, default=None, metavar="R1,R2,...",
+                   help="open loop: offer these requests/s, latency counted from each request's due time")
+    g.add_argument("--arrival", choices=("poisson", "constant"), default="poisson",
+                   help="open-loop arrivals (default: %(default)s)")
+    g.add_argument("--duration", type=float, default=defaults.BENCH_OPEN_LOOP_S,
+                   help="seconds per open-loop rate (default: %(default)s)")
+    g.add_argument("--find-capacity", action="store_true",
+                   help="search the highest request rate whose p99 stays within the budget with no errors")
+    g.add_argument("--client-processes", type=int, default=None, metavar="N",
+                   help="gRPC client processes (default: one per 4 cores of this host, at most 8)")
     g.add_argument("--batch", type=int, default=1, help="items per request (default: 1)")
     g.add_argument("--budget-ms", type=float, default=None, help="p99 budget (default: the spec's latency_budget)")
     g.add_argument("--reports", type=Path, default=defaults.DEFAULT_REPORTS, help="report folder (default: %(default)s)")

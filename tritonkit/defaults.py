@@ -79,6 +79,13 @@ BENCH_CONCURRENCY = (1, 2, 4, 8)
 BENCH_REQUESTS_PER_LEVEL = 200
 BENCH_WARMUP_REQUESTS = 20
 BENCH_REQUEST_TIMEOUT_S = 30.0  # per request: bounds every level in time
+# Open loop (--request-rate, --find-capacity): each rate is offered this long (rate x this many requests).
+BENCH_OPEN_LOOP_S = 5.0
+# Capacity search: grow the rate by this factor until a step fails, then bisect to this relative precision;
+# at most this many steps (each BENCH_OPEN_LOOP_S) before the confirming re-run.
+CAPACITY_GROWTH = 1.5
+CAPACITY_PRECISION = 0.05
+CAPACITY_MAX_STEPS = 12
 
 # --- TensorRT build ------------------------------------------------------------------------------
 # builderOptimizationLevel: 0..5; 3 is TensorRT's own default (higher: longer builds, sometimes faster plans).

@@ -1,28 +1,19 @@
-"""Measure step, load generation: drive a running Triton over a concurrency sweep -> BenchReport.
+"""Measure step, load generation: drive a running Triton -> BenchReport.
 
 running server -> measured latency report. `run_bench` validates the target against the server
-(model ready, input names/dtypes/shapes match its metadata, statistics API reachable), warms up,
-then for each concurrency level N runs N closed-loop workers (each keeps exactly one request in
-flight) until `requests_per_level` requests have been sent. Client latency is taken per request
-with `time.perf_counter`; the figures and the verdict come from tritonkit.stats, the printed and
-written reports from tritonkit.report.
-
-Threading model: one OS thread per worker, each owning its own tritonclient client for the whole
-run (connected before any timing starts). gRPC: a sync client per thread on its own channel with a
-local subchannel pool, so N workers are N independent HTTP/2 connections, like N real clients.
-HTTP: tritonclient.http is gevent-based and explicitly not thread-safe, so each worker thread
-creates and uses its own client (one pooled connection each: N workers = N connections, the
-same as one client with a pool of N, without sharing a gevent hub between threads).
-Blocking calls release the GIL, so threads overlap real network waits.
-
-Heavy imports (numpy, tritonclient, rich) happen inside functions.
+(model ready, input names/dtypes/shapes match its metadata, statistics API reachable), prepares the
+payloads once (tritonkit.samples for the spec's own data), warms up, then measures closed-loop levels
+(N requests in flight), open-loop rates (requests due on a fixed or Poisson schedule, latency from the
+due time) and, on request, the capacity within the p99 budget (tritonkit.capacity). Requests are sent
+by tritonkit.drivers (gRPC: pre-serialised, worker processes; HTTP: threads); Triton's statistics are
+polled while each level runs, to attribute slow requests to the model that queued them. The figures
+and the verdict come from tritonkit.stats, the printed and written reports from tritonkit.report.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -31,15 +22,17 @@ from typing import Any, Callable
 
 from .defaults import (
     BENCH_CONCURRENCY,
+    BENCH_OPEN_LOOP_S,
     BENCH_REQUEST_TIMEOUT_S,
     BENCH_REQUESTS_PER_LEVEL,
     BENCH_WARMUP_REQUESTS,
     VALIDATION_SENTENCES,
 )
+from .capacity import Capacity
 from .dtypes import DTYPES, numpy_dtype
 from .errors import UserError
-from .stats import (LevelResult, fmt_ms, level_result, server_delta, server_snapshot,
-                    settled_snapshot, verdict)
+from .stats import (SLOW_MS, LevelResult, client_limit, fmt_ms, level_result, server_delta, server_snapshot,
+                    settled_snapshot, slow_causes, verdict)
 
 # Per-request client timeout: bounds a level in time (worst case requests/concurrency * this).
 REQUEST_TIMEOUT_S = BENCH_REQUEST_TIMEOUT_S
@@ -78,6 +71,7 @@ class BenchTarget:
     url: str                       # "127.0.0.1:8001" for grpc, "127.0.0.1:8000" for http
     protocol: str = "grpc"
     texts: tuple[str, ...] = ()    # BYTES inputs cycle through these (default: VALIDATION_SENTENCES)
+    samples: tuple[str, str] = ()  # ("data", .npz/.npy path) or ("files", folder): real payloads instead
 
     def __post_init__(self):
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -104,6 +98,8 @@ class BenchReport:
     verdict_reason: str
     started_at: str
     server_version: str
+    capacity: Capacity | None = None   # --find-capacity: the highest rate within the budget (the headline)
+    payload: dict = dataclasses.field(default_factory=dict)   # payload_summary: what was sent
 
     def to_json(self) -> dict:
         """Plain JSON-able dict (tuples -> lists, NaN -> None); `from_json` reads it back."""
@@ -115,16 +111,22 @@ class BenchReport:
         t = data["target"]
         target = BenchTarget(
             model=t["model"], url=t["url"], protocol=t["protocol"], texts=tuple(t["texts"]),
-            outputs=tuple(t["outputs"]),
+            outputs=tuple(t["outputs"]), samples=tuple(t.get("samples", ())),
             inputs=tuple(TensorSpec(i["name"], i["dtype"], tuple(i["shape"])) for i in t["inputs"]))
+        floats = {f.name for f in dataclasses.fields(LevelResult) if f.type == "float"}   # NaN was written as null
         levels = []
         for lv in data["levels"]:
-            lv = {k: (math.nan if v is None and k.endswith("_ms") else v) for k, v in lv.items()}
+            lv = {k: (math.nan if v is None and k in floats else v) for k, v in lv.items()}
             lv["error_samples"] = tuple(lv.get("error_samples", ()))
             levels.append(LevelResult(**lv))
+        cap = data.get("capacity")
+        capacity = None if cap is None else Capacity(
+            rps=cap["rps"], p99_ms=math.nan if cap["p99_ms"] is None else cap["p99_ms"], reason=cap["reason"],
+            steps=tuple(tuple(s) for s in cap["steps"]), client_bound=cap.get("client_bound", ""))
         return cls(target=target, levels=tuple(levels), budget_p99_ms=data["budget_p99_ms"],
                    verdict=data["verdict"], verdict_reason=data["verdict_reason"],
-                   started_at=data["started_at"], server_version=data["server_version"])
+                   started_at=data["started_at"], server_version=data["server_version"], capacity=capacity,
+                   payload=data.get("payload", {}))
 
 
 def _json_clean(value: Any) -> Any:
@@ -315,11 +317,15 @@ def _text_array(texts: tuple[str, ...], shape: tuple[int, ...], offset: int):
 def _request_arrays(target: BenchTarget) -> list[dict[str, Any]]:
     """Distinct request payloads (name -> numpy array), cycled through the requests.
 
-    BYTES inputs walk through `texts` so consecutive requests carry different sentences; other
+    Real samples when the target names them (tritonkit.samples: .npz/.npy arrays or a folder of files);
+    else BYTES inputs walk through `texts` so consecutive requests carry different sentences, and other
     dtypes get seeded random data, so two runs send the same bytes.
     """
     import numpy as np
 
+    if target.samples:
+        from .samples import request_arrays
+        return request_arrays(target.inputs, *target.samples)
     rng = np.random.default_rng(DATA_SEED)
     texts = target.texts or VALIDATION_SENTENCES
     has_text = any(s.dtype == TEXT_DTYPE for s in target.inputs)
@@ -336,169 +342,52 @@ def _request_arrays(target: BenchTarget) -> list[dict[str, Any]]:
     return variants
 
 
-def _build_inputs(target: BenchTarget, arrays: list[dict[str, Any]]):
-    mod = _module(target.protocol)
-    binary = _PROTOCOLS[target.protocol].binary
-    built = []
+def payload_summary(target: BenchTarget, arrays: list[dict[str, Any]]) -> dict:
+    """Where the payloads came from and how long their items are (bytes per BYTES item, elements otherwise)."""
+    import numpy as np
+    source = f"{target.samples[0]}: {target.samples[1]}" if target.samples else \
+        "texts" if target.texts else "generated from dtype and dims"
+    out: dict[str, Any] = {"source": source, "variants": len(arrays), "inputs": {}}
+    for spec in target.inputs:
+        if spec.dtype == TEXT_DTYPE:
+            sizes = np.array([len(x) for v in arrays for x in np.asarray(v[spec.name]).reshape(-1)])
+            unit = "bytes per item"
+        else:
+            sizes = np.array([np.asarray(v[spec.name]).size for v in arrays])
+            unit = "elements per request"
+        out["inputs"][spec.name] = {"unit": unit, "min": int(sizes.min()), "p50": float(np.median(sizes)),
+                                    "p90": float(np.percentile(sizes, 90)), "max": int(sizes.max()),
+                                    "shape": list(spec.shape)}
+    return out
+
+
+def _raw(spec: TensorSpec, data) -> bytes:
+    """A tensor's bytes as Triton's binary protocols carry them (BYTES: 4-byte length + bytes per element)."""
+    if spec.dtype == TEXT_DTYPE:
+        from tritonclient.utils import serialize_byte_tensor
+        raw = serialize_byte_tensor(data)
+        return raw.item() if raw.size else b""
+    return data.tobytes()
+
+
+def wire_requests(target: BenchTarget, arrays: list[dict[str, Any]]) -> list:
+    """Each payload variant as the request the wire sends, prepared once (tritonkit.wire)."""
+    from . import wire
+    if target.protocol == "http":
+        host = wire.split_url(target.url)[0]
+        return [wire.http_request(target.model, host, [(s.name, s.dtype, list(v[s.name].shape), _raw(s, v[s.name]))
+                                                       for s in target.inputs], target.outputs) for v in arrays]
+    from tritonclient.grpc import service_pb2
+    out = []
     for variant in arrays:
-        inputs = []
+        req = service_pb2.ModelInferRequest(model_name=target.model)
         for spec in target.inputs:
-            inp = mod.InferInput(spec.name, list(spec.shape), spec.dtype)
-            if binary:
-                inp.set_data_from_numpy(variant[spec.name], binary_data=True)
-            else:
-                inp.set_data_from_numpy(variant[spec.name])
-            inputs.append(inp)
-        built.append(inputs)
-    outputs = None
-    if target.outputs:
-        outputs = [mod.InferRequestedOutput(o, binary_data=True) if binary
-                   else mod.InferRequestedOutput(o) for o in target.outputs]
-    return built, outputs
-
-
-# --- Closed-loop workers ---------------------------------------------------------------------------
-class _Level:
-    """Shared state of one level: a request budget handed out one at a time, and the outcomes."""
-
-    def __init__(self, workers: int, total: int, first_index: int):
-        self.total, self.first_index = total, first_index
-        self._lock = threading.Lock()
-        self._issued = 0
-        self.latencies: list[float] = []
-        self.errors: list[str] = []
-        self.t_start = 0.0
-        self.t_end = 0.0
-        self._running = workers
-        self.finished = threading.Event()
-        self.barrier = threading.Barrier(workers, action=self._start)
-
-    def _start(self):
-        self.t_start = time.perf_counter()
-
-    def take(self) -> int | None:
-        with self._lock:
-            if self._issued >= self.total:
-                return None
-            self._issued += 1
-            return self.first_index + self._issued - 1
-
-    def record(self, latency: float | None, error: str | None):
-        with self._lock:
-            if error is None:
-                self.latencies.append(latency)
-            else:
-                self.errors.append(error)
-
-    def cancel(self):
-        """Hand out no more requests (in-flight ones finish, bounded by the request timeout)."""
-        with self._lock:
-            self.total = self._issued
-
-    def worker_done(self):
-        with self._lock:
-            self._running -= 1
-            if self._running == 0:
-                self.t_end = time.perf_counter()
-                self.finished.set()
-
-    @property
-    def completed(self) -> int:
-        with self._lock:
-            return len(self.latencies) + len(self.errors)
-
-
-class _Workers:
-    """`size` threads, each with its own client, connected once and reused by every level."""
-
-    def __init__(self, target: BenchTarget, size: int, timeout: float):
-        self.target, self.timeout = target, timeout
-        self._arrays = _request_arrays(target)
-        self._inboxes = [queue.Queue() for _ in range(size)]
-        self._ready: queue.Queue = queue.Queue()
-        self._threads = [threading.Thread(target=self._main, args=(i,), daemon=True,
-                                          name=f"tritonkit-bench-{i}") for i in range(size)]
-        self._next_index = 0
-        self._current: _Level | None = None
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        failures = []
-        for _ in self._threads:
-            try:
-                err = self._ready.get(timeout=CONNECT_TIMEOUT_S + 5)
-            except queue.Empty:
-                err = "worker did not connect in time"
-            if err is not None:
-                failures.append(err)
-        if failures:
-            self.__exit__(None, None, None)
-            raise UserError(f"{len(failures)} bench worker(s) could not connect to {self.target.url}",
-                            actual=failures[0], fix=SERVE_HINT)
-        return self
-
-    def __exit__(self, *exc):
-        if self._current is not None:  # e.g. Ctrl-C mid-level: stop handing out requests
-            self._current.cancel()
-        for box in self._inboxes:
-            box.put(None)
-        for t in self._threads:
-            t.join(timeout=self.timeout + 5)
-
-    def _main(self, i: int):
-        # The client is created, used and closed in this thread only (tritonclient.http is not
-        # thread-safe and binds to this thread's gevent hub).
-        proto = _PROTOCOLS[self.target.protocol]
-        try:
-            client = _connect(self.target, self.timeout)
-            client.is_server_ready(**proto.call_kwargs(CONNECT_TIMEOUT_S))  # opens the connection
-            inputs, outputs = _build_inputs(self.target, self._arrays)
-        except Exception as exc:  # reported to the main thread, which raises UserError
-            self._ready.put(f"{type(exc).__name__}: {exc}")
-            return
-        self._ready.put(None)
-        call = proto.call_kwargs(self.timeout)
-        wanted = self.target.outputs
-        try:
-            while (level := self._inboxes[i].get()) is not None:
-                try:
-                    level.barrier.wait()
-                    while (k := level.take()) is not None:
-                        request = inputs[k % len(inputs)]
-                        t0 = time.perf_counter()
-                        try:
-                            result = client.infer(self.target.model, request, outputs=outputs,
-                                                  **call)
-                        except Exception as exc:  # a failed request is an error, never a latency
-                            level.record(None, _short_error(exc))
-                            continue
-                        latency = time.perf_counter() - t0
-                        missing = [o for o in wanted if result.as_numpy(o) is None]
-                        level.record(latency,
-                                     f"response lacks output(s) {missing}" if missing else None)
-                finally:  # even on a bug here, the level ends instead of hanging the main thread
-                    level.worker_done()
-        finally:
-            client.close()
-
-    def run(self, concurrency: int, requests: int, on_tick: Callable[[int], None] | None = None,
-            ) -> _Level:
-        level = _Level(concurrency, requests, self._next_index)
-        self._next_index += requests  # later levels continue through the data (and texts)
-        self._current = level
-        for box in self._inboxes[:concurrency]:
-            box.put(level)
-        while not level.finished.wait(0.1):
-            if on_tick:
-                on_tick(level.completed)
-            if not all(t.is_alive() for t in self._threads[:concurrency]):
-                level.cancel()
-                raise RuntimeError("a bench worker thread died (traceback above); this is a bug")
-        self._current = None
-        if on_tick:
-            on_tick(level.completed)
-        return level
+            req.inputs.add(name=spec.name, datatype=spec.dtype, shape=list(variant[spec.name].shape))
+            req.raw_input_contents.append(_raw(spec, variant[spec.name]))
+        for name in target.outputs:
+            req.outputs.add(name=name)
+        out.append(wire.grpc_request(req.SerializeToString()))
+    return out
 
 
 def _short_error(exc: BaseException) -> str:
@@ -507,20 +396,67 @@ def _short_error(exc: BaseException) -> str:
 
 
 # --- The measure step ------------------------------------------------------------------------------
-def run_bench(target: BenchTarget, *, concurrency=BENCH_CONCURRENCY,
-              requests_per_level: int = BENCH_REQUESTS_PER_LEVEL,
+class _Timeline:
+    """Triton's statistics polled every POLL_S while a level runs, by a thread with its own client
+    (tritonclient.http's client is bound to the thread that made it): what slow requests waited on."""
+    POLL_S = 0.1
+
+    def __init__(self, target: BenchTarget, call: dict):
+        self._target, self._call, self.points = target, call, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="tritonkit-stats")
+
+    def _run(self):
+        client = _connect(self._target, CONNECT_TIMEOUT_S)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.points.append((time.monotonic(), server_snapshot(client, **self._call)))
+                except Exception:  # noqa: BLE001 - a missed poll only blurs the attribution
+                    pass
+                self._stop.wait(self.POLL_S)
+        finally:
+            client.close()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def run_bench(target: BenchTarget, *, concurrency=BENCH_CONCURRENCY, request_rates=(),
+              requests_per_level: int = BENCH_REQUESTS_PER_LEVEL, duration_s: float = BENCH_OPEN_LOOP_S,
               warmup_requests: int = BENCH_WARMUP_REQUESTS, budget_p99_ms: float | None = None,
-              progress: bool = True, request_timeout_s: float = REQUEST_TIMEOUT_S) -> BenchReport:
-    """Validate `target` against the running server, then measure each concurrency level."""
+              progress: bool = True, request_timeout_s: float = REQUEST_TIMEOUT_S, poisson: bool = True,
+              find_capacity: bool = False, processes: int | None = None) -> BenchReport:
+    """Validate `target` against the running server, then measure: each concurrency level (closed loop),
+    each request rate (open loop, `duration_s` each), and with `find_capacity` the highest rate whose p99
+    stays within the budget with no errors (tritonkit.capacity)."""
+    import numpy as np
+
+    from . import capacity as capacity_search
+    from .drivers import Closed, Driver, Open, default_processes
+
     levels_n = tuple(int(c) for c in concurrency)
-    if not levels_n or any(c < 1 for c in levels_n):
+    rates = tuple(float(r) for r in request_rates)
+    if any(c < 1 for c in levels_n):
         raise UserError("concurrency levels must be integers >= 1", actual=list(levels_n))
+    if any(not r > 0 for r in rates):
+        raise UserError("request rates must be > 0 per second", actual=list(rates))
+    if not (levels_n or rates or find_capacity):
+        raise UserError("nothing to measure", expected="concurrency levels, request rates or --find-capacity")
     if requests_per_level < 1:
         raise UserError("requests per level must be >= 1", actual=requests_per_level)
     if warmup_requests < 0:
         raise UserError("warmup requests must be >= 0", actual=warmup_requests)
     if budget_p99_ms is not None and budget_p99_ms <= 0:
         raise UserError("p99 budget must be > 0 ms", actual=budget_p99_ms)
+    if find_capacity and budget_p99_ms is None:
+        raise UserError("finding the capacity needs a p99 budget", where="--find-capacity",
+                        fix="give --budget-ms or a latency_budget in the spec")
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     admin = _connect(target, CONNECT_TIMEOUT_S)
@@ -532,91 +468,112 @@ def run_bench(target: BenchTarget, *, concurrency=BENCH_CONCURRENCY,
 
     try:
         info = _validate(target, admin)
-        log = _Log(progress, levels_n, requests_per_level, warmup_requests)
-        results = []
-        with _Workers(target, max(levels_n), request_timeout_s) as workers, log:
-            snapshot = snapshot_now()
+        arrays = _request_arrays(target)
+        width = max(levels_n or (1,))
+        driver = Driver(target.protocol, target.url, wire_requests(target, arrays), target.outputs,
+                        processes=processes or default_processes(max(width, 8 if rates or find_capacity else 1)),
+                        timeout=request_timeout_s)
+        log = _Log(progress)
+        results: list[LevelResult] = []
+
+        def measure(level, search: bool = False) -> LevelResult:
+            before = snapshot_now()
+            with _Timeline(target, call) as timeline, log.level(level):
+                samples = driver.run(level)
+            ok = len(samples.done) - len(samples.errors)
+            after = settled_snapshot(snapshot_now, target.model, before, ok)
+            timeline.points.append((time.monotonic(), after))
+            opened = isinstance(level, Open)
+            lat = samples.latencies_s
+            lag = float(np.percentile((samples.sent - samples.scheduled) * 1e3, 99)) if opened else math.nan
+            p99 = float(np.percentile(lat, 99)) * 1e3 if len(lat) else math.nan
+            cores, busiest, why = client_limit(samples.cpu_s, samples.wall_s, lag, p99)
+            slow = [k for k in range(len(samples.done)) if k not in samples.errors
+                    and (samples.done[k] - samples.scheduled[k]) * 1e3 >= SLOW_MS]
+            order = np.argsort(samples.scheduled)
+            third = max(1, len(order) // 3)
+            drift = float(np.median((samples.done - samples.scheduled)[order[-third:]])
+                          - np.median((samples.done - samples.scheduled)[order[:third]])) * 1e3
+            server = server_delta(before, after)
+            result = level_result(
+                0 if opened else level.concurrency, lat, list(samples.errors.values()), samples.wall_s,
+                info.items_per_request, server,
+                mode="search" if search else "open" if opened else "closed",
+                offered_rps=level.rate if opened else math.nan, client_processes=len(samples.cpu_s),
+                client_cpu_cores=cores, client_busiest=busiest, send_lag_p99_ms=lag, client_bound=why, latency_drift_ms=drift,
+                slow_causes=slow_causes(samples.sent, samples.done, slow, timeline.points, server))
+            log.done(result, budget_p99_ms)
+            return result
+
+        with driver, log:
             if warmup_requests:
-                warm = workers.run(max(levels_n), warmup_requests, log.tick_warmup)
-                if warm.errors and not warm.latencies:
+                warm = driver.run(Closed(width, warmup_requests))
+                if len(warm.errors) == len(warm.done):
                     raise UserError(f"every warmup request to model {target.model!r} failed",
-                                    actual=warm.errors[0],
+                                    actual=next(iter(warm.errors.values())),
                                     fix="check the input shapes/data against the model")
-                # settled, so no warmup request is counted in the first level
-                snapshot = settled_snapshot(snapshot_now, target.model, snapshot,
-                                            len(warm.latencies))
             for n in levels_n:
-                before = snapshot
-                level = workers.run(n, requests_per_level, log.tick)
-                snapshot = settled_snapshot(snapshot_now, target.model, before,
-                                            len(level.latencies))
-                result = level_result(n, level.latencies, level.errors,
-                                      level.t_end - level.t_start, info.items_per_request,
-                                      server_delta(before, snapshot))
-                results.append(result)
-                log.level_done(result, budget_p99_ms)
+                results.append(measure(Closed(n, requests_per_level)))
+            for r in rates:
+                results.append(measure(Open(r, max(1, round(r * duration_s)), poisson=poisson)))
+            found = None
+            if find_capacity:
+                closed = [lv.throughput_rps for lv in results if lv.mode == "closed" and not lv.errors]
+                start = max(closed) * 0.8 if closed else None
+                found = capacity_search.find(
+                    lambda rate: measure(Open(rate, max(1, round(rate * duration_s)), poisson=poisson,
+                                              seed=len(results)), search=True),
+                    budget_p99_ms, start_rps=start or 50.0, on_step=results.append)
     finally:
         admin.close()
     levels = tuple(results)
-    passed, reason = verdict(levels, budget_p99_ms)
+    measured = tuple(lv for lv in levels if lv.mode != "search")   # search steps probe past the budget on purpose
+    if measured:
+        passed, reason = verdict(measured, budget_p99_ms)
+    else:
+        passed, reason = True, "capacity search only"
+    if found is not None and found.rps == 0:
+        passed, reason = False, f"{reason}; {found.reason}" if measured else found.reason
+    elif found is not None:
+        reason += f"; capacity {found.rps:.0f} requests/s within the {budget_p99_ms:g} ms p99 budget"
     return BenchReport(target=target, levels=levels, budget_p99_ms=budget_p99_ms, verdict=passed,
-                       verdict_reason=reason, started_at=started_at,
-                       server_version=info.server_version)
+                       verdict_reason=reason, started_at=started_at, server_version=info.server_version,
+                       capacity=found, payload=payload_summary(target, arrays))
 
 
 class _Log:
-    """Progress bar on a terminal (stderr), one line per level always (unless progress=False)."""
+    """A spinner per level on a terminal (stderr), and one line per level always (unless progress=False)."""
 
-    def __init__(self, enabled: bool, levels: tuple[int, ...], per_level: int, warmup: int):
+    def __init__(self, enabled: bool):
         self.enabled = enabled
-        self._levels, self._per_level, self._warmup = levels, per_level, warmup
-        self._bar = None
-        self._done = 0
+        self.console = None
 
     def __enter__(self):
-        if not self.enabled:
-            return self
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        if self.console.is_terminal:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
-
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), console=self.console,
-                                 transient=True)
-            self._bar.__enter__()
-            total = self._warmup + self._per_level * len(self._levels)
-            self._task = self._bar.add_task("warmup", total=total)
+        if self.enabled:
+            from rich.console import Console
+            self.console = Console(stderr=True, highlight=False)
         return self
 
     def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+        return None
 
-    def tick_warmup(self, completed: int):
-        if self._bar is not None:
-            self._bar.update(self._task, completed=completed)
-        if completed >= self._warmup:
-            self._done = self._warmup
+    def level(self, level):
+        import contextlib
+        if self.console is None or not self.console.is_terminal:
+            return contextlib.nullcontext()
+        what = (f"{level.rate:g} requests/s, open loop" if hasattr(level, "rate")
+                else f"concurrency {level.concurrency}")
+        return self.console.status(f"{what}: {level.requests} requests")
 
-    def tick(self, completed: int):
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self._done + completed,
-                             description=f"concurrency {self._current()}")
-
-    def _current(self) -> int:
-        idx = (self._done - self._warmup) // self._per_level
-        return self._levels[min(idx, len(self._levels) - 1)]
-
-    def level_done(self, r: LevelResult, budget: float | None):
-        self._done += self._per_level
-        if not self.enabled:
+    def done(self, r: LevelResult, budget: float | None):
+        if self.console is None:
             return
         over = budget is not None and not (r.p99_ms <= budget)
         style = "red" if r.errors or over else "green"
+        what = f"concurrency {r.concurrency:>3}" if r.mode == "closed" else \
+            f"{'search' if r.mode == 'search' else 'rate'} {r.offered_rps:>7.1f}/s"
+        client = f"  [yellow]client-bound: {r.client_bound}[/]" if r.client_bound else ""
         self.console.print(
-            f"[{style}]concurrency {r.concurrency:>3}[/]: {r.requests} requests, {r.errors} errors, "
-            f"{r.throughput_rps:.1f} req/s, p50 {fmt_ms(r.p50_ms)} ms, p99 {fmt_ms(r.p99_ms)} ms",
-            highlight=False)
+            f"[{style}]{what}[/]: {r.requests} requests, {r.errors} errors, {r.throughput_rps:.1f} req/s, "
+            f"p50 {fmt_ms(r.p50_ms)} ms, p99 {fmt_ms(r.p99_ms)} ms, max {fmt_ms(r.max_ms)} ms, "
+            f"client {r.client_cpu_cores:.2f} cores{client}")

@@ -54,6 +54,16 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Workload:
+    """What `tritonkit bench` sends: one kind of sample data (paths resolved against the spec's folder)."""
+    kind: str                        # "texts" (a file, one text per line) | "data" (.npz/.npy) | "files" (a folder)
+    path: str
+
+
+WORKLOAD_KINDS = ("texts", "data", "files")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     source: Source
@@ -69,6 +79,7 @@ class ModelSpec:
     calibration: str | None = None   # calibration data: required for int8/fp8
     text_input: str = "text"         # ensemble input name of the text-embedding pipeline
     description: str = ""
+    workload: Workload | None = None  # bench payloads; None: the example sentences, or data from dtype and dims
     weights_bytes: int = 0           # size of the source's weight files (0 = unknown); GPU memory planning
 
     @property
@@ -238,7 +249,8 @@ def weights_bytes(source: Source) -> int:
 def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
     raw = ctx.mapping(where, raw, ("name", "source", "inputs", "outputs", "max_batch_size", "latency_budget",
                                    "tolerance"),
-                      ("pipeline", "axes", "batch_axis", "precision", "calibration", "text_input", "description"))
+                      ("pipeline", "axes", "batch_axis", "precision", "calibration", "text_input", "description",
+                       "workload"))
     name = ctx.typed(f"{where}.name", raw["name"], str, "a model name")
     if not NAME_RE.match(name):
         ctx.fail(f"{where}.name", "invalid model name", actual=name,
@@ -319,7 +331,25 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
                      weights_bytes=weights_bytes(source),
                      outputs=tensors["outputs"], axes=axes, max_batch_size=mbs, batch_axis=batch_axis,
                      p99_budget_ms=float(p99), tolerance=tolerance, precision=precision, calibration=calibration,
-                     text_input=text_input, description=str(raw.get("description", "")))
+                     text_input=text_input, description=str(raw.get("description", "")),
+                     workload=_workload(ctx, f"{where}.workload", raw["workload"], base) if "workload" in raw else None)
+
+
+def _workload(ctx: _Ctx, where: str, raw: Any, base: Path) -> Workload:
+    raw = ctx.mapping(where, raw, (), WORKLOAD_KINDS)
+    if len(raw) != 1:
+        ctx.fail(where, "name exactly one kind of sample data", actual=sorted(raw), expected=f"one of {list(WORKLOAD_KINDS)}",
+                 fix="e.g. workload: {texts: queries.txt}")
+    (kind, value), = raw.items()
+    path = (base / ctx.typed(f"{where}.{kind}", value, str, "a path")).resolve()
+    want_dir = kind == "files"
+    if not (path.is_dir() if want_dir else path.is_file()):
+        ctx.fail(f"{where}.{kind}", "sample data not found", actual=str(path),
+                 expected="an existing folder" if want_dir else "an existing file",
+                 fix="paths are resolved against the spec's folder")
+    if kind == "data" and path.suffix not in (".npz", ".npy"):
+        ctx.fail(f"{where}.data", "not a NumPy file", actual=path.name, expected="a .npz (arrays by input name) or .npy")
+    return Workload(kind=kind, path=str(path))
 
 
 def _check_text_embedding(ctx: _Ctx, where: str, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...]) -> None:

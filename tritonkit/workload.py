@@ -15,15 +15,27 @@ def load_texts(path: Path = SENTENCES) -> tuple[str, ...]:
 
 
 def bench_target(model: ModelSpec, url: str, protocol: str, batch: int = 1):
-    """Text pipelines get real sentences; other models get seeded data at each axis' `opt` size."""
+    """The spec's workload (texts, .npz/.npy samples or a folder of files) when it names one; else text
+    pipelines get the example sentences and other models seeded data at each axis' `opt` size."""
     from .load import BenchTarget, TensorSpec
 
     lead = (batch,) if model.batched else ()
+    outputs = tuple(t.name for t in model.outputs)
+    work = model.workload
     if model.pipeline == "text-embedding":
+        texts = load_texts(work.path) if work is not None and work.kind == "texts" else load_texts()
         return BenchTarget(model=model.name, inputs=(TensorSpec(model.text_input, "BYTES", lead + (1,)),),
-                           outputs=tuple(t.name for t in model.outputs), url=url, protocol=protocol,
-                           texts=load_texts())
+                           outputs=outputs, url=url, protocol=protocol, texts=texts)
     inputs = tuple(TensorSpec(t.name, t.dtype, lead + model.shape(model.triton_dims_named(t), "opt"))
                    for t in model.inputs)
-    return BenchTarget(model=model.name, inputs=inputs, outputs=tuple(t.name for t in model.outputs), url=url,
-                       protocol=protocol)
+    if work is None:
+        return BenchTarget(model=model.name, inputs=inputs, outputs=outputs, url=url, protocol=protocol)
+    if work.kind == "texts":
+        return BenchTarget(model=model.name, inputs=inputs, outputs=outputs, url=url, protocol=protocol,
+                           texts=load_texts(work.path))
+    if work.kind == "data":   # the samples' own shapes (e.g. their sequence length), not the axes' opt sizes
+        from .samples import item_shapes
+        shapes = item_shapes(work.path, tuple(t.name for t in model.inputs))
+        inputs = tuple(TensorSpec(t.name, t.dtype, lead + shapes[t.name]) for t in model.inputs)
+    return BenchTarget(model=model.name, inputs=inputs, outputs=outputs, url=url, protocol=protocol,
+                       samples=(work.kind, work.path))
