@@ -33,7 +33,7 @@ BIND_ADDRESS = "127.0.0.1"      # never 0.0.0.0 unless the user asks
 HTTP_PORT = 8000
 GRPC_PORT = 8001
 METRICS_PORT = 8002
-SERVER_READY_TIMEOUT_S = 180.0  # model loading (ONNX session creation, warmup) included
+SERVER_READY_TIMEOUT_S = 600.0  # model loading included: ONNX sessions, warmup, a cold max-autotune compile (~3 min on an H100)
 SERVER_EXIT_TIMEOUT_S = 30      # tritonserver --exit-timeout-secs: in-flight requests may finish
 
 # --- Export / build ------------------------------------------------------------------------------
