@@ -260,7 +260,8 @@ def cmd_demo(args) -> int:
     if args.server not in (None, "embedded"):
         raise UserError("demo serves on the embedded server", where="--server", actual=args.server,
                         expected="embedded", fix="for the NGC image: `tritonkit render --server ngc` and docker compose")
-    args.find_capacity = True   # the demo's headline: the request rate served within the spec's budget
+    args.find_capacity = True   # the demo's headline: the request rate served within the spec's budget...
+    args.concurrency = args.concurrency or defaults.BENCH_CONCURRENCY   # ...after the closed-loop sweep
     spec, plans = _make_plans(args)
     if len(plans) > 1:
         raise UserError("demo serves one GPU type", where="--gpu", actual=args.gpu, expected="a single GPU type",

@@ -64,10 +64,12 @@ def _renderables(report: BenchReport, ascii_box: bool = False):
         if lv.errors_by_kind:
             notes.append(f"{load}: errors by kind: " + ", ".join(f"{k} {v}" for k, v in lv.errors_by_kind.items()))
         if lv.slow_requests:
-            causes = ", ".join(f"{m} queued >= 300 ms during {n}" for m, n in lv.slow_causes.items()) or \
-                "no model's queue wait explains them"
-            notes.append(f"{load}: {lv.slow_requests} requests >= 400 ms; {causes}"
-                         + (" (Triton 2.51's 500 ms batcher re-check, server#8870)" if lv.slow_causes else ""))
+            causes = ("server-side queueing >= 300 ms above the level's average at " +
+                      ", ".join(f"{m} (during {n})" for m, n in lv.slow_causes.items())) if lv.slow_causes else \
+                "no model's queue explains them (client, network or compute)"
+            notes.append(f"{load}: {lv.slow_requests} requests >= 400 ms; {causes}. A lone ~500 ms wait at a lightly "
+                         "loaded model is Triton 2.51's batcher re-check (server#8870); many at a saturated one, "
+                         "the load")
         if lv.client_bound:
             notes.append(f"{load}: client-bound: {lv.client_bound}")
     out.append(client)
