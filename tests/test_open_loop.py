@@ -42,7 +42,7 @@ BODIES = {
     "fast": "            pass",
     # one instance, no batching, 5 ms per request: back to back, answers leave exactly 5 ms apart (Triton's own
     # per-request overhead between two executes is absorbed), so it serves 200 requests/s at most
-    "fixed_5ms": "            self.last_end = max(self.last_end + 0.005, start + 0.0045)\n"
+    "fixed_5ms": "            self.last_end = max(self.last_end + 0.005, start + 0.003)\n"
                  "            time.sleep(max(0.0, self.last_end - time.perf_counter()))",
     # answers at once, except every 500th request (the 100th, 600th, ...), which stalls the only instance for 1 s
     "stall_once": "            time.sleep(1.0 if self.seen % 500 == 100 else 0.0)",

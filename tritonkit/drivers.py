@@ -29,6 +29,10 @@ START_DELAY_S = 0.2             # processes start a level together, this long af
 CONNECT_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 1024          # per process, open loop: beyond it due requests wait (and show as send lag)
 SPIN_S = 0.0005                 # the dispatcher sleeps until this close to a due time, then spins
+# Closed loop: requests in flight per connection. perf_analyzer shares a gRPC channel between up to 6
+# (TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT's default); one connection per request in flight cost the
+# server ~10% more CPU per request on an H200 host at 256 in flight. HTTP/1.1 carries one at a time.
+STREAMS_PER_CONNECTION = {"grpc": 6, "http": 1}
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class _Worker:
         from .wire import CONNECTIONS, split_url
         self.host, self.port = split_url(url)
         self.conn_class, self.requests, self.check, self.timeout = CONNECTIONS[protocol], requests, check, timeout
+        self.streams_per_connection = STREAMS_PER_CONNECTION[protocol]
         self.idle: queue.SimpleQueue = queue.SimpleQueue()    # kept-alive connections between levels
 
     def connection(self):
@@ -106,46 +111,56 @@ class _Worker:
         except queue.Empty:
             return self.conn_class(self.host, self.port, self.timeout)
 
-    def send(self, conn, k: int, payload: int, rec) -> Any:
-        """One request on `conn`; returns the connection to keep using (a new one after a broken wire)."""
+    def drive(self, conn, keys, width: int, payload_of, rec, *, closed: bool) -> Any:
+        """Send `keys` on `conn`, `width` in flight (gRPC streams; HTTP: 1), each timed into `rec`; returns the
+        connection to keep using (a new one after a broken wire, which fails the requests it had in flight)."""
         from .wire import WireError
-        check = self.check if rec.checked < CHECKED_RESPONSES else ()
-        rec.checked += 1
-        rec.sent[k] = time.monotonic()
-        try:
-            error = conn.call(self.requests[payload % len(self.requests)], check)
-        except WireError as exc:
-            error = f"{'DEADLINE_EXCEEDED' if 'timed out' in str(exc) else 'UNAVAILABLE'}: {exc}"
-            conn.close()
-            conn = self.conn_class(self.host, self.port, self.timeout)
-        rec.done[k] = time.monotonic()
-        if error:
-            rec.errors[k] = error
-        return conn
+
+        def sent(k: int) -> None:
+            rec.sent[k] = time.monotonic()
+            if closed:
+                rec.scheduled[k] = rec.sent[k]
+
+        def done(k: int, error: str | None) -> None:
+            rec.done[k] = time.monotonic()
+            if error:
+                rec.errors[k] = error
+
+        def check_of(k: int) -> tuple[str, ...]:
+            rec.checked += 1
+            return self.check if rec.checked <= CHECKED_RESPONSES else ()
+        keys = iter(keys)
+        while True:
+            try:
+                conn.pipeline(keys, width, lambda k: self.requests[payload_of(k) % len(self.requests)], check_of,
+                              sent, done)
+                return conn
+            except WireError:
+                conn.close()
+                conn = self.conn_class(self.host, self.port, self.timeout)
 
     def run(self, level: Closed | Open, n: int, index: int, parts: int, first: int, start_at: float):
-        import numpy as np
         rec = _Record(n)
         if isinstance(level, Open):
-            due = start_at + schedule(level, n, index, parts)
-            rec.scheduled[:] = due
+            rec.scheduled[:] = start_at + schedule(level, n, index, parts)
         cpu0 = time.process_time()
         if isinstance(level, Closed):
-            def loop(conn, mine: range):
-                # each thread its own share of the requests: no lock on the hot path
+            # gRPC: several requests in flight per connection (HTTP/2 streams), as perf_analyzer shares its
+            # channels; HTTP/1.1: one per connection. Each thread its own share of the keys: no lock.
+            share = self.streams_per_connection
+            widths = _split(level.concurrency, -(-level.concurrency // share))
+
+            def loop(conn, mine: range, width: int):
                 time.sleep(max(0.0, start_at - time.monotonic()))
-                for k in mine:
-                    conn = self.send(conn, k, first + k * parts + index, rec)
-                    rec.scheduled[k] = rec.sent[k]
-                self.idle.put(conn)
-            threads = [threading.Thread(target=loop, args=(self.connection(), range(t, n, level.concurrency)),
-                                        daemon=True) for t in range(level.concurrency)]
+                self.idle.put(self.drive(conn, mine, width, lambda k: first + k * parts + index, rec, closed=True))
+            threads = [threading.Thread(target=loop, args=(self.connection(), range(t, n, len(widths)), w),
+                                        daemon=True) for t, w in enumerate(widths)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
         else:
-            self._open_loop(due, first, index, parts, rec)
+            self._open_loop(rec.scheduled, first, index, parts, rec)
         return rec.scheduled, rec.sent, rec.done, rec.errors, time.process_time() - cpu0
 
     def _open_loop(self, due, first: int, index: int, parts: int, rec) -> None:
@@ -154,7 +169,7 @@ class _Worker:
 
         def loop(conn):
             while (k := jobs.get()) is not None:
-                conn = self.send(conn, k, first + k * parts + index, rec)
+                conn = self.drive(conn, (k,), 1, lambda k: first + k * parts + index, rec, closed=False)
                 with lock:
                     busy[0] -= 1
             self.idle.put(conn)

@@ -7,7 +7,7 @@ gRPC client spent ~250-300 us of CPU per request (grpc.aio and the sync stub ali
 
 - HTTP/1.1 with Triton's binary tensor extension (Inference-Header-Content-Length), one request in
   flight per connection.
-- gRPC over a minimal HTTP/2 client: one stream in flight per connection, header blocks literal and
+- gRPC over a minimal HTTP/2 client: up to a few streams in flight per connection, header blocks literal and
   prebuilt (no dynamic-table state to keep on our side), responses' header blocks decoded with `hpack`
   (cached once they stop changing the decoder's table), flow-control windows opened wide at connect and
   honoured when sending, SETTINGS and PING acknowledged, RST_STREAM and GOAWAY reported as errors.
@@ -95,8 +95,25 @@ class HttpConn:
             raise WireError("connection closed by the server")
         self.buf += chunk
 
+    def pipeline(self, keys, width: int, request_of, check_of, sent, done) -> None:
+        """Send the requests of `keys` one at a time (HTTP/1.1 has one in flight per connection); see
+        GrpcConn.pipeline for the callbacks. A broken connection fails its request and raises WireError."""
+        for k in keys:
+            sent(k)
+            try:
+                error = self.call(request_of(k), check_of(k))
+            except WireError as exc:
+                done(k, wire_error(exc))
+                raise
+            done(k, error)
+
     def close(self) -> None:
         self.sock.close()
+
+
+def wire_error(exc: Exception) -> str:
+    """A broken or timed-out connection as an error kind the report counts."""
+    return f"{'DEADLINE_EXCEEDED' if 'timed out' in str(exc) else 'UNAVAILABLE'}: {exc}"
 
 
 # --- gRPC over HTTP/2 -----------------------------------------------------------------------------------
@@ -133,8 +150,10 @@ class GrpcConn:
         from hpack import Decoder
         self.sock = _connect(host, port, timeout)
         self.decoder, self.cache = Decoder(), {}
-        self.buf, self.stream, self.received = b"", 1, 0
+        self.buf, self.stream, self.received, self.block = b"", 1, 0, b""
         self.send_window, self.stream_window_initial, self.max_frame = DEFAULT_WINDOW, DEFAULT_WINDOW, MAX_FRAME
+        self.windows: dict[int, int] = {}     # send window of each stream still sending
+        self.finished: list[int] = []         # streams that ended while another waited for a send window
         # :method POST and :scheme http are static-table indices 3 and 6 (RFC 7541 appendix A)
         self.headers = bytes((0x83, 0x86)) + _literal(b":path", MODEL_INFER) + \
             _literal(b":authority", f"{host}:{port}".encode()) + _literal(b"content-type", b"application/grpc") + \
@@ -147,63 +166,108 @@ class GrpcConn:
             raise WireError(f"{type(exc).__name__}: {exc}") from exc
 
     def call(self, request: GrpcRequest, check: tuple[str, ...] = ()) -> str | None:
-        stream, self.stream = self.stream, self.stream + 2
-        try:
-            self.sock.sendall(_frame(HEADERS, END_HEADERS, stream, self.headers))
-            self._send_data(stream, request.message)
-            return self._response(stream, check)
-        except (OSError, ValueError) as exc:
-            raise WireError(f"{type(exc).__name__}: {exc}") from exc
+        """One request, alone on the connection: None, or "CODE: message"."""
+        result: list[str | None] = []
+        self.pipeline(iter((0,)), 1, lambda k: request, lambda k: check, lambda k: None,
+                      lambda k, error: result.append(error))
+        return result[0]
 
-    def _send_data(self, stream: int, message: bytes) -> None:
-        """The message in DATA frames no larger than the server allows, within its flow-control windows."""
-        window, sent = self.stream_window_initial, 0
+    def pipeline(self, keys, width: int, request_of, check_of, sent, done) -> None:
+        """Up to `width` requests in flight on this connection, one HTTP/2 stream each, the next sent as soon as
+        one completes (as perf_analyzer shares a gRPC channel between several requests in flight).
+
+        `keys` yields request indices; `request_of(k)` the GrpcRequest, `check_of(k)` the outputs to check
+        in its response; `sent(k)` is called just before it goes out, `done(k, error)` when it is answered.
+        A broken connection fails every request in flight and raises WireError (reconnect and go on)."""
+        streams: dict[int, list] = {}     # stream id -> [key, outputs to check, data, header fields]
+
+        def start() -> None:
+            k = next(keys, None)
+            if k is None:
+                return
+            stream, self.stream = self.stream, self.stream + 2
+            streams[stream] = [k, check_of(k), b"", {}]
+            sent(k)
+            self.sock.sendall(_frame(HEADERS, END_HEADERS, stream, self.headers))
+            self._send_data(stream, request_of(k).message, streams)
+
+        def finish(stream: int) -> None:
+            k, check, data, fields = streams.pop(stream)
+            done(k, self._result(data, fields, check))
+            start()
+        try:
+            for _ in range(width):
+                start()
+            while streams:
+                ended = self.finished.pop() if self.finished else self._read(streams)
+                if ended is not None:
+                    finish(ended)
+        except (OSError, ValueError, WireError) as exc:
+            error = exc if isinstance(exc, WireError) else WireError(f"{type(exc).__name__}: {exc}")
+            for k, *_ in streams.values():
+                done(k, wire_error(error))
+            raise error from exc
+
+    def _send_data(self, stream: int, message: bytes, streams: dict) -> None:
+        """The message in DATA frames no larger than the server allows, within its flow-control windows
+        (while waiting for a window, other streams' frames are handled as they come)."""
+        self.windows[stream] = self.stream_window_initial
+        sent = 0
         while sent < len(message):
-            room = min(self.max_frame, window, self.send_window, len(message) - sent)
+            room = min(self.max_frame, self.windows[stream], self.send_window, len(message) - sent)
             if room <= 0:
-                kind, flags, sid, payload = self._frame()       # wait for the server to open a window
-                if kind == WINDOW_UPDATE:
-                    inc = int.from_bytes(payload, "big") & 0x7FFFFFFF
-                    if sid == 0:
-                        self.send_window += inc
-                    elif sid == stream:
-                        window += inc
-                else:
-                    self._control(kind, flags, sid, payload)
+                ended = self._read(streams)
+                if ended is not None:          # another stream finished meanwhile: the pipeline handles it next
+                    self.finished.append(ended)
                 continue
             chunk = message[sent:sent + room]
             sent += len(chunk)
             self.send_window -= len(chunk)
-            window -= len(chunk)
+            self.windows[stream] -= len(chunk)
             self.sock.sendall(_frame(DATA, END_STREAM if sent >= len(message) else 0, stream, chunk))
+        del self.windows[stream]
 
-    def _response(self, stream: int, check: tuple[str, ...]) -> str | None:
-        data, block, trailers = b"", b"", {}
-        while True:
-            kind, flags, sid, payload = self._frame()
-            if sid != stream and kind in (DATA, HEADERS, CONTINUATION, RST_STREAM):
-                continue    # a stream we gave up on (a timeout): nothing of ours
-            if kind == DATA:
-                data += payload
-                self.received += len(payload)
-                if self.received > MAX_WINDOW // 2:     # keep the connection window open
-                    self.sock.sendall(_frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.received)))
-                    self.received = 0
-            elif kind in (HEADERS, CONTINUATION):
-                block += payload
-                if flags & END_HEADERS:
-                    trailers.update(self._decode(block))
-                    block = b""
-            elif kind == RST_STREAM:
-                return f"{GRPC_STATUS.get(2)}: stream reset by the server (code {int.from_bytes(payload, 'big')})"
-            else:
-                self._control(kind, flags, sid, payload)
-            if flags & END_STREAM and kind in (DATA, HEADERS):
-                break
-        code = int(trailers.get("grpc-status", "2"))
+    def _read(self, streams: dict) -> int | None:
+        """Handle one frame; return the stream it ended, if it ended one of ours."""
+        kind, flags, sid, payload = self._frame()
+        if kind == WINDOW_UPDATE:
+            inc = int.from_bytes(payload, "big") & 0x7FFFFFFF
+            if sid == 0:
+                self.send_window += inc
+            elif sid in self.windows:
+                self.windows[sid] += inc
+            return None
+        if kind not in (DATA, HEADERS, CONTINUATION, RST_STREAM):
+            self._control(kind, flags, sid, payload)
+            return None
+        entry = streams.get(sid)
+        if kind == DATA:
+            self.received += len(payload)
+            if self.received > MAX_WINDOW // 2:     # keep the connection window open
+                self.sock.sendall(_frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.received)))
+                self.received = 0
+            if entry is not None:
+                entry[2] += payload
+        elif kind in (HEADERS, CONTINUATION):
+            self.block += payload
+            if flags & END_HEADERS:
+                fields = self._decode(self.block)      # decoded even for a stream not ours: hpack's table
+                self.block = b""
+                if entry is not None:
+                    entry[3].update(fields)
+        elif kind == RST_STREAM and entry is not None:
+            entry[3]["grpc-status"] = "2"
+            entry[3]["grpc-message"] = f"stream reset by the server (code {int.from_bytes(payload, 'big')})"
+            return sid
+        if flags & END_STREAM and kind in (DATA, HEADERS) and entry is not None:
+            return sid
+        return None
+
+    def _result(self, data: bytes, fields: dict, check: tuple[str, ...]) -> str | None:
+        code = int(fields.get("grpc-status", "2"))
         if code:
             from urllib.parse import unquote
-            return f"{GRPC_STATUS.get(code, str(code))}: {' '.join(unquote(trailers.get('grpc-message', '')).split())[:200]}"
+            return f"{GRPC_STATUS.get(code, str(code))}: {' '.join(unquote(fields.get('grpc-message', '')).split())[:200]}"
         if check and data:
             from tritonclient.grpc import service_pb2
             names = {o.name for o in service_pb2.ModelInferResponse.FromString(data[5:]).outputs}
@@ -234,8 +298,6 @@ class GrpcConn:
             self.sock.sendall(_frame(SETTINGS, ACK, 0))
         elif kind == PING and not flags & ACK:
             self.sock.sendall(_frame(PING, ACK, 0, payload))
-        elif kind == WINDOW_UPDATE and sid == 0:
-            self.send_window += int.from_bytes(payload, "big") & 0x7FFFFFFF
         elif kind == GOAWAY:
             raise WireError("the server closed the connection (GOAWAY)")
 
