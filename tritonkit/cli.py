@@ -242,7 +242,7 @@ def _bench_and_report(model, url: str, args) -> int:
 
 def cmd_bench(args) -> int:
     from .plan_file import load_spec, read_plans
-    spec = load_spec(read_plans(args.repo))   # what the repository serves, as it was planned
+    spec = load_spec(read_plans(args.repo), sources=False)   # what the repository serves, as it was planned
     models = (spec.model(args.model),) if args.model else spec.models
     port = args.grpc_port if args.protocol == "grpc" else args.http_port
     code = 0

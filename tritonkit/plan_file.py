@@ -87,8 +87,9 @@ def spec_path(plans: Plans) -> Path:
     return recorded if recorded.is_absolute() else defaults.PROJECT_ROOT / recorded
 
 
-def load_spec(plans: Plans):
-    """The spec the plans were made from, refused if it changed since (later steps never re-plan)."""
+def load_spec(plans: Plans, *, sources: bool = True):
+    """The spec the plans were made from, refused if it changed since (later steps never re-plan).
+    `sources=False` for a client that measures the server and needs no model files."""
     from .spec import load_spec as load
     path = spec_path(plans)
     if not path.is_file():
@@ -100,7 +101,7 @@ def load_spec(plans: Plans):
         raise UserError("the spec changed after this plan was made", where=str(path),
                         actual=f"sha256 {digest[:12]}...", expected=f"sha256 {plans[0].spec.sha256[:12]}... (planned)",
                         fix="re-render (`tritonkit render` with the flags you planned with) so the plan follows the spec")
-    return load(path)
+    return load(path, sources=sources)
 
 
 def replan(plans: Plans) -> Plans:

