@@ -64,7 +64,6 @@ import os
 import platform
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -667,19 +666,6 @@ def kit(*argv: str) -> None:
                          f"Command to reproduce error: {shlex.join(cmd)}")
 
 
-def free_ports(n: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1."""
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
-
 # --- Main ------------------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -764,6 +750,7 @@ def run(args: argparse.Namespace, command: str) -> int:
         old.unlink()
 
     window = math.ceil(args.requests / 3)      # 3 merged windows >= K requests
+    from tritonkit.process import free_ports
     http, grpc, metrics = free_ports(3)
     opts = ServerOptions(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
                          log_file=raw / "tritonserver.log")

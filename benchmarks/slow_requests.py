@@ -32,10 +32,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "slow_requests")
     args = ap.parse_args()
 
-    from tests.conftest import free_ports
     from tritonkit.build import build
     from tritonkit.hardware import detect
     from tritonkit.load import run_bench
+    from tritonkit.process import free_ports
     from tritonkit.policy import plan_fleet
     from tritonkit.render import write_repository
     from tritonkit.report import print_report, write_report

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import os
-import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tritonkit import defaults
+from tritonkit.process import free_ports  # noqa: F401  (tests import it from here)
 
 
-def free_ports(n: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1 (tests never bind anything else)."""
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, cwd: Path = ROOT, prefix: tuple[str, ...] = (), timeout: float = 600) -> subprocess.CompletedProcess:
+    """`tritonkit ARGS` as a user runs it (a new process; `prefix` e.g. ("taskset", "-c", "0"))."""
+    return subprocess.run([*prefix, sys.executable, "-m", "tritonkit.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
 
 
 def live_processes():

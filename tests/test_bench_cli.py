@@ -4,18 +4,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import free_ports
+from tests.conftest import cli, free_ports
 from tests.tiny_models import export_tiny_onnx
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent
 
 SPEC = """
 models:
@@ -28,11 +24,6 @@ models:
     tolerance: {fp32: {atol: 1.0e-6}}
     workload: {data: samples.npz}
 """
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tritonkit.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_ports
+from tests.conftest import cli, free_ports
 from tritonkit import defaults
 from tritonkit.catalogue import CATALOGUE
 from tritonkit.hardware import declared
@@ -24,11 +24,6 @@ from tritonkit.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = load_spec(defaults.DEFAULT_SPEC)
-
-
-def cli(*args: str, cwd: Path = ROOT, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, sys.executable, "-m", "tritonkit.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
 
 
 def tree(root: Path) -> dict[str, str]:

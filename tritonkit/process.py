@@ -132,3 +132,16 @@ def stop_group(proc: subprocess.Popen[bytes], grace_s: float) -> int:
             proc.wait()
     kill_group(proc.pid)
     return proc.returncode
+
+
+def free_ports(n: int) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1 (tests and benchmarks start servers on them)."""
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
