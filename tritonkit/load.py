@@ -139,42 +139,24 @@ def _json_clean(value: Any) -> Any:
     return value
 
 
-# --- Protocol adapters: one table, one entry per protocol --------------------------------------------
+# --- Protocol adapters (tritonclient) for the admin side: validation and statistics. Requests go through
+# tritonkit.wire; one table, one entry per protocol ---------------------------------------------------------
 @dataclass(frozen=True)
 class _Protocol:
     module: str                                   # tritonclient module
     client_kwargs: Callable[[float], dict]        # timeout -> constructor kwargs
-    call_kwargs: Callable[[float], dict]          # timeout -> infer()/admin call kwargs
+    call_kwargs: Callable[[float], dict]          # timeout -> admin call kwargs
     json_kwargs: dict                             # kwargs for admin calls returning dicts
-    binary: bool                                  # pass binary_data=True to inputs/outputs
-
-
-def _grpc_client_kwargs(timeout: float) -> dict:
-    import tritonclient.grpc as grpcclient
-
-    ka = grpcclient.KeepAliveOptions()
-    # tritonclient's own channel options, plus a local subchannel pool: without it gRPC shares one
-    # TCP connection between all channels to the same target and N workers are not N clients.
-    return {"channel_args": [
-        ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.keepalive_time_ms", ka.keepalive_time_ms),
-        ("grpc.keepalive_timeout_ms", ka.keepalive_timeout_ms),
-        ("grpc.keepalive_permit_without_calls", ka.keepalive_permit_without_calls),
-        ("grpc.http2.max_pings_without_data", ka.http2_max_pings_without_data),
-        ("grpc.use_local_subchannel_pool", 1),
-    ]}
 
 
 _PROTOCOLS: dict[str, _Protocol] = {
-    "grpc": _Protocol(module="tritonclient.grpc", client_kwargs=_grpc_client_kwargs,
-                      call_kwargs=lambda t: {"client_timeout": t}, json_kwargs={"as_json": True},
-                      binary=False),
+    "grpc": _Protocol(module="tritonclient.grpc", client_kwargs=lambda t: {},
+                      call_kwargs=lambda t: {"client_timeout": t}, json_kwargs={"as_json": True}),
     # tritonclient.http has no per-call client timeout: the client's network timeout bounds a call.
     "http": _Protocol(module="tritonclient.http",
                       client_kwargs=lambda t: {"concurrency": 1, "connection_timeout": t,
                                                "network_timeout": t},
-                      call_kwargs=lambda t: {}, json_kwargs={}, binary=True),
+                      call_kwargs=lambda t: {}, json_kwargs={}),
 }
 
 
@@ -388,11 +370,6 @@ def wire_requests(target: BenchTarget, arrays: list[dict[str, Any]]) -> list:
             req.outputs.add(name=name)
         out.append(wire.grpc_request(req.SerializeToString()))
     return out
-
-
-def _short_error(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 # --- The measure step ------------------------------------------------------------------------------
