@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import UserError
@@ -56,18 +56,8 @@ class Samples:
     sent: Any
     done: Any
     errors: dict[int, str]      # request index -> "KIND: message"
-    start: float                # level start (monotonic)
     wall_s: float               # first due -> last answered
     cpu_s: tuple[float, ...]    # CPU seconds each client process used during the level
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def latencies_s(self):
-        """Completion - due time of each successful request."""
-        import numpy as np
-        ok = np.ones(len(self.done), dtype=bool)
-        ok[list(self.errors)] = False
-        return (self.done - self.scheduled)[ok]
 
 
 def default_processes(concurrency_max: int) -> int:
@@ -287,6 +277,6 @@ class Driver:
         for r in results:
             errors.update({offset + k: v for k, v in r[3].items()})
             offset += len(r[0])
-        return Samples(scheduled=scheduled, sent=sent, done=done, errors=errors, start=start_at,
+        return Samples(scheduled=scheduled, sent=sent, done=done, errors=errors,
                        wall_s=float(done.max() - scheduled.min()) if len(done) else 0.0,
                        cpu_s=tuple(r[4] for r in results))

@@ -461,16 +461,17 @@ def run_bench(target: BenchTarget, *, concurrency=BENCH_CONCURRENCY, request_rat
             after = settled_snapshot(snapshot_now, target.model, before, ok)
             timeline.points.append((time.monotonic(), after))
             opened = isinstance(level, Open)
-            lat = samples.latencies_s
+            waited = (samples.done - samples.scheduled) * 1e3       # ms from due time to answer, every request
+            ok_mask = np.ones(len(waited), dtype=bool)
+            ok_mask[list(samples.errors)] = False
+            lat = waited[ok_mask] / 1e3
             lag = float(np.percentile((samples.sent - samples.scheduled) * 1e3, 99)) if opened else math.nan
-            p99 = float(np.percentile(lat, 99)) * 1e3 if len(lat) else math.nan
+            p99 = float(np.percentile(waited[ok_mask], 99, method="inverted_cdf")) if ok_mask.any() else math.nan
             cores, busiest, why = client_limit(samples.cpu_s, samples.wall_s, lag, p99)
-            slow = [k for k in range(len(samples.done)) if k not in samples.errors
-                    and (samples.done[k] - samples.scheduled[k]) * 1e3 >= SLOW_MS]
+            slow = np.flatnonzero(ok_mask & (waited >= SLOW_MS)).tolist()
             order = np.argsort(samples.scheduled)
             third = max(1, len(order) // 3)
-            drift = float(np.median((samples.done - samples.scheduled)[order[-third:]])
-                          - np.median((samples.done - samples.scheduled)[order[:third]])) * 1e3
+            drift = float(np.median(waited[order[-third:]]) - np.median(waited[order[:third]]))
             server = server_delta(before, after)
             result = level_result(
                 0 if opened else level.concurrency, lat, list(samples.errors.values()), samples.wall_s,
