@@ -350,6 +350,58 @@ def test_serve_docker_cli(stack, engine, built_repo):
 
 
 @pytest.mark.integration
+def test_kubernetes_deployment_starts_the_cpu_server_image(stack, engine, built_repo, tmp_path):
+    """`tritonkit k8s` for the CPU plan: the Deployment's container (image, command, env) run with what the pod
+    spec imposes (uid 1000, read-only root filesystem with /tmp and /dev/shm volumes, no capabilities, no
+    privilege escalation, the repository read-only) becomes ready, and its /metrics has what the HPA reads."""
+    from tritonkit.k8s_objects import COMPUTE_METRIC, QUEUE_METRIC
+    out = tmp_path / "fleet"
+    proc = subprocess.run([sys.executable, "-m", "tritonkit.cli", "k8s", "--repo", str(built_repo), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    dep = yaml.safe_load((out / "overlays" / "cpu" / "deployment.yaml").read_text())
+    pod = dep["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["image"] == defaults.K8S_EMBEDDED_IMAGE   # the image the compose stack above built
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory" and "emptyDir" in volumes["tmp"]
+    parent = Path(tempfile.mkdtemp(prefix="tritonkit-k8s-pod-"))
+    container = None
+    try:
+        parent.chmod(0o755)
+        shutil.copytree(built_repo, parent / "model_repository")
+        subprocess.run(["chmod", "-R", "a+rX", str(parent)], check=True)
+        user = pod["securityContext"]
+        container = engine.containers.run(
+            c["image"], entrypoint=c["command"][:1], command=c["command"][1:] + c.get("args", []), detach=True,
+            environment={e["name"]: e["value"] for e in c["env"]},
+            user=f"{user['runAsUser']}:{user['runAsGroup']}", read_only=c["securityContext"]["readOnlyRootFilesystem"],
+            cap_drop=c["securityContext"]["capabilities"]["drop"], security_opt=["no-new-privileges"],
+            tmpfs={mounts["tmp"]: "exec"}, shm_size=volumes["dshm"]["emptyDir"]["sizeLimit"].replace("Gi", "g"),
+            volumes={str(parent): {"bind": mounts["model-repository"], "mode": "ro"}},
+            network_mode="none")   # loopback only: probes and the scrape run inside, as the kubelet's would reach it
+        port = {p["name"]: p["containerPort"] for p in c["ports"]}
+        ready = c["readinessProbe"]["httpGet"]["path"]
+        deadline = time.monotonic() + c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"]
+        while True:
+            container.reload()
+            assert container.status == "running" and time.monotonic() < deadline, container.logs().decode()[-4000:]
+            code, _ = container.exec_run(["curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{port['http']}{ready}"])
+            if code == 0:
+                break
+            time.sleep(2)
+        code, metrics = container.exec_run(["curl", "-fsS", f"http://127.0.0.1:{port['metrics']}/metrics"])
+        assert code == 0
+        for name in (QUEUE_METRIC, COMPUTE_METRIC):
+            assert re.search(rf'^{name}{{[^}}]*model="minilm_encoder"', metrics.decode(), re.M), name
+    finally:
+        if container is not None:
+            container.remove(force=True)
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.mark.integration
 def test_port_in_use_stops_the_stack(stack, engine):
     """A port already taken: `up` exits non-zero and triton-cpu's log names the port, instead of a
     stack that looks up without a server."""

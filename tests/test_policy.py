@@ -21,7 +21,8 @@ from tritonkit.hardware import Hardware, declared
 from tritonkit.plan import Plan
 from tritonkit.plan import plan_filename
 from tritonkit.build import BUILDERS
-from tritonkit.policy import BACKENDS, plan, queue_timeout_us
+from tritonkit.policy import BACKENDS, plan, plan_fleet, queue_timeout_us
+from tritonkit.render import render_files
 from tritonkit.servers import SERVERS, server_target
 from tritonkit.spec import Source, Spec, Tolerance, load_spec
 
@@ -461,13 +462,31 @@ def test_mixed_fleet_needs_one_plan_per_gpu_type():
     assert "several GPU types" in str(e)
 
 
-def test_mixed_fleet_plan_for_one_type_pins_its_gpus():
-    """Prevents a per-type plan on a mixed host placing instances on the other type's GPUs."""
-    hw = hardware("T4,H100,T4")
+def test_mixed_host_plan_for_one_type_pins_its_gpus():
+    """Prevents a per-type plan on a detected mixed host placing instances on the other type's GPUs."""
+    hw = dataclasses.replace(hardware("T4,H100,T4"), source="detected")
     t4 = hw.gpus[0]
     p = plan(SPEC, hw, server_target("ngc"), gpu=t4)
     [group] = p.model("minilm_encoder").instances
     assert (group.kind, group.count, group.gpus) == ("KIND_GPU", 2, (0, 2))  # 2: bounded queue
+
+
+def test_declared_fleet_is_not_pinned():
+    """Prevents a fleet's variant naming GPU indexes of a host it never runs on: each host (a Kubernetes pod)
+    of a declared fleet sees its own GPUs from index 0, so an L4 variant pinned to GPU 1 would not load."""
+    for p in plan_fleet(SPEC, hardware("T4,L4,H100"), server_target("ngc")):
+        assert p.model("minilm_encoder").instances[0].gpus == ()
+
+
+def test_fleet_with_cpu_nodes_adds_a_cpu_variant():
+    """`--gpu T4,L4,cpu`: one variant per GPU type plus one for CPU-only nodes, in one repository."""
+    plans = plan_fleet(SPEC, hardware("T4,L4,cpu"), server_target("ngc"))
+    assert [p.gpu.name if p.gpu else None for p in plans] == ["Tesla T4", "L4", None]
+    assert plans[2].model("minilm_encoder").instances[0].kind == "KIND_CPU"
+    assert plans[2].model("minilm_encoder").backend == "onnxruntime"
+    files = render_files(plans)
+    assert {"minilm_encoder/configs/tesla-t4.pbtxt", "minilm_encoder/configs/l4.pbtxt",
+            "minilm_encoder/configs/cpu.pbtxt"} <= set(files)
 
 
 def test_single_type_fleet_is_not_pinned():

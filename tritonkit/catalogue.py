@@ -84,6 +84,30 @@ CATALOGUE: dict[str, GPU] = {g.name.lower(): g for g in (
     _gpu("Jetson AGX Orin", 16, (8, 7), 64),
 )}
 
+# Kubernetes node labels of each GPU product, as NVIDIA GPU Feature Discovery writes them
+# (`nvidia.com/gpu.product`: the NVML device name with spaces as dashes, e.g. "Tesla-T4",
+# "NVIDIA-H100-80GB-HBM3"). One catalogue GPU can ship as several products (SXM and PCIe boards); a
+# node matches any of them. Compute capability is not a usable key: T4 and RTX 2080 share 7.5
+# (server#5164). A GPU without labels here is not schedulable by product (tritonkit k8s refuses it).
+GFD_PRODUCTS: dict[str, tuple[str, ...]] = {
+    "Tesla T4": ("Tesla-T4",),
+    "V100": ("Tesla-V100-SXM2-32GB", "Tesla-V100-PCIE-32GB", "Tesla-V100S-PCIE-32GB"),
+    "A10": ("NVIDIA-A10",),
+    "A10G": ("NVIDIA-A10G",),
+    "A100 40GB": ("NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-PCIE-40GB"),
+    "A100 80GB": ("NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-80GB-PCIe"),
+    "L4": ("NVIDIA-L4",),
+    "L40S": ("NVIDIA-L40S",),
+    "H100 PCIe": ("NVIDIA-H100-PCIe",),
+    "H100 SXM": ("NVIDIA-H100-80GB-HBM3",),
+    "H200": ("NVIDIA-H200",),
+    "B200": ("NVIDIA-B200",),
+    "RTX 3080": ("NVIDIA-GeForce-RTX-3080",),
+    "RTX 4090": ("NVIDIA-GeForce-RTX-4090",),
+    # Jetson AGX Orin: integrated GPU, no GPU Feature Discovery product label.
+}
+
+
 # Short names people type. "H100" means the SXM part (what clouds rent as "H100 80GB HBM3").
 ALIASES = {
     "t4": "tesla t4", "a100": "a100 80gb", "a100-40gb": "a100 40gb", "a100-80gb": "a100 80gb",

@@ -145,14 +145,15 @@ def cmd_plan(args) -> int:
 def _check(repo: Path, console) -> int:
     """render --check: the repository against its own plan.json (never this host): the spec it was planned
     from, what this tritonkit's policy decides from the same inputs, and the rendered files."""
-    from .plan_file import plan_differences, read_plans, replan
+    from .plan_file import read_plans
     from .render import check_repository
     plans = read_plans(repo)
-    try:
-        changes = plan_differences(plans, replan(plans))
-    except UserError as exc:
-        changes = [exc.render()]
-    drift = check_repository(plans, repo)
+    changes = _replan_changes(plans)
+    return _report_drift(repo, changes, check_repository(plans, repo), console, "`tritonkit render`")
+
+
+def _report_drift(out: Path, changes: list[str], drift, console, command: str) -> int:
+    """--check's verdict: 0 when the folder is what its own recorded inputs render today, else 1 and why."""
     for line in changes:
         console.print(f"plan: {line}")
     for label, items in (("missing", drift.missing), ("changed", drift.changed), ("not rendered", drift.extra)):
@@ -161,11 +162,19 @@ def _check(repo: Path, console) -> int:
     if drift.diff:
         sys.stdout.write(drift.diff)
     if drift.clean and not changes:
-        console.print(f"{repo}: up to date with its plan.json and spec ({len(list(repo.rglob('*')))} entries)")
+        console.print(f"{out}: up to date with its plan.json and spec ({len(list(out.rglob('*')))} entries)")
         return 0
-    console.print(f"{repo} differs from what its plan and spec render; run `tritonkit render` (with the flags you "
+    console.print(f"{out} differs from what its plan and spec render; run {command} (with the flags you "
                   "planned with) to update it")
     return 1
+
+
+def _replan_changes(plans) -> list[str]:
+    from .plan_file import plan_differences, replan
+    try:
+        return plan_differences(plans, replan(plans))
+    except UserError as exc:
+        return [exc.render()]
 
 
 def cmd_render(args) -> int:
@@ -199,6 +208,64 @@ def cmd_build(args) -> int:
     for r in build(args.repo, force=args.force):   # a fleet builds this host's GPU type, reports the others
         print(r.summary())
     return 0
+
+
+def cmd_k8s(args) -> int:
+    from .k8s import check_tree, fleet_files, recorded, write_fleet
+    from .plan_file import load_spec, read_plans
+    console = _console()
+    if args.check:
+        _refuse_planning_flags(args, "checks an existing tree")
+        if args.capacity or args.repo or args.out:
+            raise UserError("--check reads the tree's own plan.json and fleet.json", where="command line",
+                            actual=" ".join(f for f, v in (("--capacity", args.capacity), ("--repo", args.repo),
+                                                           ("--out", args.out)) if v),
+                            expected="only --check DIR", fix="drop the other options")
+        plans, figures = recorded(args.check)
+        fleet = fleet_files(plans, figures, load_spec(plans))
+        return _report_drift(args.check, _replan_changes(plans), check_tree(args.check, fleet), console,
+                             "`tritonkit k8s`")
+    if args.out is None:
+        raise UserError("no output folder", where="--out", expected="a folder for the kustomize tree",
+                        fix="e.g. tritonkit k8s --repo model_repository --out k8s")
+    if _given_planning_flags(args):
+        if args.repo:
+            raise UserError("a plan comes from --repo or from planning flags, not both", where="--repo",
+                            actual=str(args.repo), fix="drop --repo to plan here, or drop the planning flags")
+        spec, plans = _make_plans(args)
+    else:
+        plans = read_plans(args.repo or defaults.DEFAULT_REPOSITORY)
+        spec = load_spec(plans)
+    fleet = fleet_files(plans, _capacity_figures(args.capacity, plans), spec)
+    write_fleet(fleet, args.out)
+    _print_fleet(fleet, console)
+    console.print(f"wrote {len(fleet.files)} files to {args.out}: `kubectl apply -k {args.out}` (the whole fleet), "
+                  f"or -k {args.out}/overlays/<variant>; {args.out}/README.md says how the repository gets there")
+    return 0
+
+
+def _capacity_figures(texts: list[str], plans) -> tuple:
+    from .k8s_sizing import read_capacity
+    from .render import variant_name
+    variants = tuple(variant_name(p) for p in plans)
+    figures = [f for text in texts for f in read_capacity(text, variants)]
+    seen = [(f.variant, f.model) for f in figures]
+    dupes = sorted({f"{v}/{m}" for v, m in seen if seen.count((v, m)) > 1})
+    if dupes:
+        raise UserError("two capacity figures for one product and model", where="--capacity", actual=dupes,
+                        expected="one report per variant and model")
+    return tuple(figures)
+
+
+def _print_fleet(fleet, console) -> None:
+    from rich.table import Table
+    table = Table(title="Kubernetes fleet: one Deployment + HPA per product", show_lines=False)
+    for col in ("variant", "min", "max", "replicas: why", "resources", "startup"):
+        table.add_column(col, overflow="fold")
+    for r in fleet.replicas:
+        table.add_row(r.variant, str(r.min), str(r.max), r.reason, fleet.resources[r.variant],
+                      f"{fleet.startup_s[r.variant]} s")
+    console.print(table)
 
 
 def _server_options(args):
@@ -398,6 +465,20 @@ def build_parser() -> argparse.ArgumentParser:
                                      "fails over the spec's p99 budget")
     _bench_args(p, with_url=True)
     p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("k8s", help="plan -> Kubernetes fleet: kustomize base + one overlay per GPU product (Deployment "
+                                   "with node affinity, HPA, PDB), Service, NetworkPolicy, monitoring")
+    _planning_args(p)
+    p.add_argument("--repo", "--repository", dest="repo", type=Path, default=None,
+                   help=f"the rendered repository whose plan.json to deploy (default: {defaults.DEFAULT_REPOSITORY}, "
+                        "unless planning flags are given)")
+    p.add_argument("--out", type=Path, default=None, help="folder for the kustomize tree (written atomically)")
+    p.add_argument("--capacity", action="append", default=[], metavar="[VARIANT=]FILE",
+                   help="a `tritonkit bench --find-capacity` JSON report measured on a host of VARIANT; with the "
+                        "spec's traffic.peak_rps it sizes that product's replicas (repeat per variant and model)")
+    p.add_argument("--check", type=Path, default=None, metavar="DIR",
+                   help="write nothing; exit 1 if DIR differs from what its plan.json and fleet.json render")
+    p.set_defaults(run=cmd_k8s)
 
     p = sub.add_parser("demo", help="detect, render, build, serve (embedded), measure, stop")
     _planning_args(p)

@@ -109,3 +109,37 @@ WATCHDOG_GRACE_S = 3.0
 # ...and then stops tritonserver with this much grace instead of the exit timeout: 2.51 never finishes
 # unloading a model whose stub died, so a graceful stop would always run the full SERVER_EXIT_TIMEOUT_S.
 WATCHDOG_STOP_S = 5.0
+
+# --- Kubernetes fleet (tritonkit k8s) --------------------------------------------------------------
+# The model repository reaches the pods on a PersistentVolumeClaim (ReadWriteMany: NFS, CephFS, EFS,
+# Filestore...), filled once through the loader pod and mounted read-only by every product's pods.
+K8S_REPOSITORY_CLAIM = "tritonkit-model-repository"
+K8S_REPOSITORY_SIZE = "20Gi"
+K8S_REPOSITORY_MOUNT = "/models"            # the repository is <mount>/model_repository
+# The CPU-only image of the embedded server (deploy/docker/triton-cpu.Dockerfile): push it to a registry
+# the cluster pulls from and name it in the kustomization's `images:`.
+K8S_EMBEDDED_IMAGE = "tritonkit/triton-cpu:local"
+# Triton's metrics port is scraped by Prometheus in this namespace (NetworkPolicy); clients reach 8000/8001.
+K8S_MONITORING_NAMESPACE = "monitoring"
+K8S_SHM_SIZE = "1Gi"                        # python backend tensors travel through /dev/shm (Kubernetes gives 64 MiB)
+# HPA: add pods when requests wait in Triton's queues as long as they compute (queue/compute ratio 1, the
+# ratio Triton's autoscaling tutorials scale on); Prometheus rate window of the adapter rule.
+K8S_QUEUE_COMPUTE_TARGET = 1.0
+K8S_RATE_WINDOW = "1m"
+# Replicas: without a measured capacity, this many per product (two keep serving through a node drain)...
+K8S_MIN_REPLICAS = 2
+K8S_MAX_REPLICAS = 4
+# ...with one, each product can carry the peak alone at this share of its measured capacity (headroom for
+# the minute the HPA needs to add pods, and for a pod lost).
+K8S_CAPACITY_SHARE = 0.7
+# Startup window: a pod that is not ready after this long is restarted. Base (server start, python stubs)
+# plus the slowest model's load, by what it loads: plan deserialisation, ONNX sessions, a cold torch compile.
+K8S_STARTUP_BASE_S = 60
+K8S_STARTUP_S = {   # by TritonModel.label
+    "ensemble": 0, "python (tokenizers)": 30, "onnxruntime": 60, "python (onnxruntime)": 60, "tensorrt": 120,
+    "pytorch": 120, "onnxruntime (tensorrt-ep)": 600, "python (torch)": 600,   # engines built / compiled at load
+}
+# Requests per pod: a core per CPU instance (ONNX Runtime threads) and this much memory, plus 2x the built
+# artifacts when the repository is built (weights are loaded per instance, plus the runtime's copies).
+K8S_CPU_PER_POD = 1                         # server, gRPC/HTTP frontends, python stubs
+K8S_MEMORY_BASE = 2 * 1024**3

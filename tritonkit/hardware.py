@@ -23,6 +23,7 @@ class Hardware:
     memory_bytes: int | None        # host RAM: shown by `detect`, used by no decision, so never in a plan
     source: str                     # "detected" or "declared"
     note: str = ""                  # why detection found no GPU, for --explain
+    cpu_nodes: bool = False         # a declared fleet that also has CPU-only nodes (--gpu T4,L4,cpu)
 
     def planned(self, uses_cpu_cores: bool) -> Hardware:
         """The hardware as a plan records it: only what its decisions read, so a plan made under
@@ -171,7 +172,8 @@ def _custom_gpu(text: str) -> GPU:
 
 
 def declared(text: str, cpu_cores: int | None = None) -> Hardware:
-    """`--gpu` values: "none", a catalogue name ("T4"), a fleet ("T4,L4,H100"), or "sm=40,cc=7.5,mem=16GiB".
+    """`--gpu` values: "none", a catalogue name ("T4"), a fleet ("T4,L4,H100"; "cpu" in it adds CPU-only nodes),
+    or "sm=40,cc=7.5,mem=16GiB".
 
     CPU cores: `cpu_cores` (`--cpus`) when given, else this host's (they matter only to models planned on the CPU).
     """
@@ -184,7 +186,9 @@ def declared(text: str, cpu_cores: int | None = None) -> Hardware:
         return Hardware(gpus=(_custom_gpu(text.replace(" ", "")),), cpu_cores=cores, memory_bytes=mem,
                         source="declared")
     gpus = []
-    for i, name in enumerate(n.strip() for n in text.split(",")):
+    names = [n.strip() for n in text.split(",")]
+    cpu_nodes = any(n.lower() in ("none", "cpu") for n in names)
+    for i, name in enumerate(n for n in names if n.lower() not in ("none", "cpu")):
         gpu = lookup(name) if name else None
         if gpu is None:
             close = close_names(name)
@@ -194,7 +198,7 @@ def declared(text: str, cpu_cores: int | None = None) -> Hardware:
                             + "or describe it: --gpu sm=40,cc=7.5,mem=16GiB")
         gpus.append(GPU(name=gpu.name, sm_count=gpu.sm_count, compute_capability=gpu.compute_capability,
                         memory_bytes=gpu.memory_bytes, index=i))
-    return Hardware(gpus=tuple(gpus), cpu_cores=cores, memory_bytes=mem, source="declared")
+    return Hardware(gpus=tuple(gpus), cpu_cores=cores, memory_bytes=mem, source="declared", cpu_nodes=cpu_nodes)
 
 
 def resolve(gpu_arg: str = "auto", cpu_cores: int | None = None) -> Hardware:

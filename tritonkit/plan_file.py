@@ -21,7 +21,7 @@ from .errors import UserError
 from .plan import Plan
 
 PLAN_FILE = "plan.json"          # marks a tritonkit repository
-FORMAT = 2                       # 1: before plans were read back (host facts, spec_path); never readable
+FORMAT = 3                       # 1: before plans were read back (never readable); 2: before fleets had CPU nodes
 Plans = tuple[Plan, ...]
 
 

@@ -6,7 +6,7 @@ whole policy can be read in one screen and tested row by row on declared hardwar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -294,8 +294,10 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
             mem_why += (f"; with one instance a burst may wait for the batcher's "
                         f"{defaults.TRITON_BATCHER_RECHECK_US // 1000} ms re-check")
         decide(name, "gpu_memory", f"{count} instance(s)", mem_why)
-        # Pin GPUs only on a mixed host; otherwise "all GPUs" keeps the config portable across hosts.
-        pinned = tuple(g.index for g in hw.gpus if g.name == device.name) if len(hw.gpu_types()) > 1 else ()
+        # Pin GPUs only on a detected mixed host. A declared list is a fleet of hosts, each seeing its own
+        # GPUs from index 0 (a Kubernetes pod sees one): there "all GPUs" is the only portable choice.
+        mixed_host = hw.source == "detected" and len(hw.gpu_types()) > 1
+        pinned = tuple(g.index for g in hw.gpus if g.name == device.name) if mixed_host else ()
         groups = (InstanceGroup("KIND_GPU", count, pinned),)
     else:
         count, threads, why = cpu_instances(
@@ -451,9 +453,11 @@ def spec_ref(spec: Spec) -> SpecRef:
 
 def plan_fleet(spec: Spec, hardware: Hardware, server: ServerTarget,
                caps: Capabilities = Capabilities()) -> tuple[Plan, ...]:
-    """One plan per GPU type (one for CPU-only); together they render one repository for the fleet."""
+    """One plan per GPU type (one for CPU-only), plus a CPU-only one for a fleet with CPU nodes; together
+    they render one repository for the fleet."""
     types = hardware.gpu_types()
-    if len(types) <= 1:
+    cpu = (plan(spec, replace(hardware, gpus=()), server, caps=caps),) if hardware.cpu_nodes and types else ()
+    if len(types) <= 1 and not cpu:
         return (plan(spec, hardware, server, caps=caps),)
     ccs = tuple(sorted({g.compute_capability for g in types}))
-    return tuple(plan(spec, hardware, server, gpu=g, caps=caps, fleet_ccs=ccs) for g in types)
+    return tuple(plan(spec, hardware, server, gpu=g, caps=caps, fleet_ccs=ccs) for g in types) + cpu

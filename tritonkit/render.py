@@ -1,23 +1,21 @@
 """Step 4: plan -> model repository. Validated with Triton's own schema, written atomically.
 
-`render_files` is pure (plan -> {relative path: bytes}); `write_repository` stages everything in a
-sibling folder, validates it, carries built artifacts over from the old repository, then swaps the
-two folders with one atomic rename (renameat2 RENAME_EXCHANGE). A failure at any point before the
-swap leaves the old repository byte-identical; a kill at any point leaves either the old or the new.
+`render_files` is pure (plan -> {relative path: bytes}); `write_repository` validates everything, then
+replaces the repository in one atomic swap (atomic.py) that carries built artifacts over from the old
+one. A failure before the swap leaves the old repository byte-identical.
 """
 
 from __future__ import annotations
 
-import ctypes
 import difflib
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import defaults
+from .atomic import replace_folder
 from .errors import UserError
 from .plan import Plan, TritonModel
 from .plan_file import PLAN_FILE, plan_json
@@ -253,21 +251,6 @@ def validate_repository(root: Path) -> list[UserError]:
 
 # --- atomic write ----------------------------------------------------------------------------------
 
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2). False where the kernel/filesystem cannot."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
-
-
 def _carried(plans: Plans, out: Path) -> list[str]:
     """Built artifacts (and their manifests) that re-rendering keeps: rendering never forces a rebuild.
     Besides the files the plan names, every file the old build.json lists (e.g. an ONNX model's
@@ -315,42 +298,8 @@ def write_repository(plan: Plans, out: Path, files: dict[str, bytes] | None = No
     check_built_plans(plan, out)                         # stale TensorRT plans: refuse, leave `out` as it is
     files = render_files(plan) if files is None else files
     validate_files(plan, files)                          # nothing is written unless everything is valid
-    stage = out.with_name(f".{out.name}.render-{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
-        for rel, data in files.items():
-            path = stage / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        for rel in _carried(plan, out):
-            old = out / rel
-            if old.is_file():
-                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(old, stage / rel)         # artifacts are large: share, don't copy
-                except OSError:
-                    shutil.copy2(old, stage / rel)
-        _fsync_tree(stage)
-        if out.exists():
-            if not _exchange(stage, out):
-                backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-                os.rename(out, backup)                # fallback: two renames, a short window without `out`
-                os.rename(stage, out)
-                stage = backup
-        else:
-            os.rename(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)          # the staged tree, or the old one after the swap
+    replace_folder(out, files, keep=_carried(plan, out))
     return files
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in [*root.rglob("*"), root]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --- check -----------------------------------------------------------------------------------------
@@ -370,12 +319,15 @@ class Drift:
 def check_repository(plan: Plans, out: Path, files: dict[str, bytes] | None = None) -> Drift:
     """Compare what would be rendered with what is on disk (built artifacts are not rendered, so ignored)."""
     files = render_files(plan) if files is None else files
-    out = Path(out)
+    return tree_drift(files, Path(out), ignore=set(_carried(plan, out)))
+
+
+def tree_drift(files: dict[str, bytes], out: Path, ignore: set[str] = frozenset()) -> Drift:
+    """What differs between `files` ({relative path: bytes}) and the folder `out`, besides `ignore`."""
     on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} if out.is_dir() else set()
-    carried = set(_carried(plan, out))
     missing = sorted(set(files) - on_disk)
     changed = sorted(rel for rel in set(files) & on_disk if (out / rel).read_bytes() != files[rel])
-    extra = sorted(on_disk - set(files) - carried)
+    extra = sorted(on_disk - set(files) - ignore)
     diff = "".join(
         "".join(difflib.unified_diff((out / rel).read_text().splitlines(True), files[rel].decode().splitlines(True),
                                      f"on disk: {rel}", f"rendered: {rel}"))

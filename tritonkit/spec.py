@@ -81,6 +81,7 @@ class ModelSpec:
     description: str = ""
     workload: Workload | None = None  # bench payloads; None: the example sentences, or data from dtype and dims
     weights_bytes: int = 0           # size of the source's weight files (0 = unknown); GPU memory planning
+    peak_rps: float | None = None    # traffic.peak_rps: requests/s the fleet must serve within the budget (k8s sizing)
 
     @property
     def batched(self) -> bool:
@@ -251,7 +252,7 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
     raw = ctx.mapping(where, raw, ("name", "source", "inputs", "outputs", "max_batch_size", "latency_budget",
                                    "tolerance"),
                       ("pipeline", "axes", "batch_axis", "precision", "calibration", "text_input", "description",
-                       "workload"))
+                       "workload", "traffic"))
     name = ctx.typed(f"{where}.name", raw["name"], str, "a model name")
     if not NAME_RE.match(name):
         ctx.fail(f"{where}.name", "invalid model name", actual=name,
@@ -322,6 +323,12 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
         if not Path(calibration).exists():
             ctx.fail(f"{where}.calibration", "calibration data not found", actual=calibration,
                      expected="an existing file or folder")
+    peak_rps = None
+    if "traffic" in raw:
+        traffic = ctx.mapping(f"{where}.traffic", raw["traffic"], ("peak_rps",), ())
+        peak_rps = ctx.typed(f"{where}.traffic.peak_rps", traffic["peak_rps"], (int, float), "requests/s > 0")
+        if not peak_rps > 0:
+            ctx.fail(f"{where}.traffic.peak_rps", "must be > 0", actual=peak_rps, expected="requests/s > 0")
     text_input = ctx.typed(f"{where}.text_input", raw.get("text_input", "text"), str, "a tensor name")
     if pipeline == "text-embedding" and text_input in seen:
         ctx.fail(f"{where}.text_input", "the ensemble's text input must not reuse an encoder tensor name",
@@ -332,7 +339,7 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
                      weights_bytes=weights_bytes(source),
                      outputs=tensors["outputs"], axes=axes, max_batch_size=mbs, batch_axis=batch_axis,
                      p99_budget_ms=float(p99), tolerance=tolerance, precision=precision, calibration=calibration,
-                     text_input=text_input, description=str(raw.get("description", "")),
+                     text_input=text_input, description=str(raw.get("description", "")), peak_rps=peak_rps,
                      workload=_workload(ctx, f"{where}.workload", raw["workload"], base) if "workload" in raw else None)
 
 

@@ -36,18 +36,18 @@ from .helpers import ROOT, free_ports
 KILL_SCRIPT = """
 import dataclasses, sys
 from pathlib import Path
-from tritonkit import defaults, render
+from tritonkit import atomic, defaults, render
 from tritonkit.hardware import declared
 from tritonkit.policy import plan
 from tritonkit.servers import SERVERS
 from tritonkit.spec import load_spec
 spec = load_spec(defaults.DEFAULT_SPEC)
 plans = [plan(spec, dataclasses.replace(declared("none"), cpu_cores=c), SERVERS["embedded"]) for c in (1, 2)]
-fsync_tree = render._fsync_tree
+fsync_tree = atomic._fsync_tree
 def staged(root):  # called once the new tree is staged, right before the swap: tell the parent
     print("staged", flush=True)
     fsync_tree(root)
-render._fsync_tree = staged
+atomic._fsync_tree = staged
 i = 0
 while True:
     render.write_repository(plans[i % 2], Path(sys.argv[1]))
