@@ -297,3 +297,12 @@ def test_check_reports_an_edited_tree(fleet, tmp_path):
     assert proc.returncode == 1 and "changed: overlays/cpu/deployment.yaml" in proc.stdout
     proc = cli("k8s", "--check", str(tree), "--gpu", "T4")
     assert proc.returncode == 2 and "planning flags" in proc.stderr
+
+
+def test_picture_is_drawn_from_the_tree(tmp_path):
+    """The README's picture comes from tools/k8s_picture.py reading a tree; keep that tool working."""
+    out = tmp_path / "fleet.png"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "k8s_picture.py"), str(EXAMPLE), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
