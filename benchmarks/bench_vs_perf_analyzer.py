@@ -32,9 +32,11 @@ What each tool is asked to do (same server, same payloads, same sample size):
     count at this level, K before it has one>, warmup_requests=W)`: the same sample size as the
     reference figure, after W warm-up requests at the same concurrency.
   * payloads: MiniLM: both cycle through the sentences of deploy/sentences.txt (perf_analyzer via
-    `--input-data` JSON). MLP: both send seeded N(0,1) FP32 vectors (the kit its own 8, perf_analyzer 8
-    from the JSON written here; its default "random" data is random *bytes*, which as FP32 includes
-    NaN/Inf/denormals, and denormals are slow on x86 CPUs).
+    `--input-data` JSON); minilm-gpu: both send one of them in every request (perf_analyzer's threads walk
+    the data in step, so its concurrent requests carry the same sentence; see CASES). MLP: both send
+    seeded N(0,1) FP32 vectors (the kit its own 8, perf_analyzer 8 from the JSON written here; its
+    default "random" data is random *bytes*, which as FP32 includes NaN/Inf/denormals, and denormals are
+    slow on x86 CPUs).
   * CPU, as milliseconds of CPU per request served (Triton's statistics count the requests): the
     client's (perf_analyzer: its rusage from os.wait4, all its windows; the kit: its level's own
     accounting, client_cpu_cores x seconds) and the server's (tritonserver + python stubs, /proc,
@@ -107,6 +109,7 @@ class Case:
     requests: int               # K: sample size of each tool's figure, per level and round
     warmup: int                 # W: the kit's warm-up requests before each level
     what: str
+    text: int | None = None     # both tools send only this one of the spec's texts (None: walk through all)
 
 
 CASES = {c.name: c for c in (
@@ -114,8 +117,13 @@ CASES = {c.name: c for c in (
          "ONNX MLP 256->1024->1024->256 FP32, the kit's CPU plan (ONNX Runtime in the python backend)"),
     Case("minilm-cpu", "none", "minilm", (1, 4, 16, 32), 600, 50,
          "example spec (MiniLM-L6 ensemble, one sentence per request), the kit's CPU plan"),
+    # One sentence (24 tokens) in every request: perf_analyzer 2.41 starts every thread at the first data step
+    # and moves each by the thread count, so its requests in flight carry the same sentence, while the kit's
+    # carry a mix; the GPU plan's encoder runs each length group of a batch separately, so with the 30
+    # sentences the server does less work per batch for perf_analyzer (see the results README).
     Case("minilm-gpu", "auto", "minilm", (16, 64, 128), 3000, 200,
-         "example spec (MiniLM-L6 ensemble, one sentence per request), the kit's plan for the detected GPU"),
+         "example spec (MiniLM-L6 ensemble, the same sentence in every request), the kit's plan for the detected GPU",
+         text=2),
 )}
 
 
@@ -354,6 +362,21 @@ def _stat_fields(pid: int) -> list[str] | None:
     except OSError:
         return None
     return text.rsplit(")", 1)[1].split()   # after "(comm)": state, ppid, ...
+
+
+def split_cores(server: list[int]) -> dict[str, list[int]]:
+    """--split-cores: the server's processes (every thread) on the first half of this process's cores, this
+    process and everything it starts later (kit workers, perf_analyzer) on the other half."""
+    cores = sorted(os.sched_getaffinity(0))
+    half = {"server": cores[:len(cores) // 2], "clients": cores[len(cores) // 2:]}
+    for pid in server:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                os.sched_setaffinity(int(task.name), half["server"])
+            except OSError:     # a thread that just ended
+                pass
+    os.sched_setaffinity(0, half["clients"])
+    return half
 
 
 def server_pids() -> list[int]:
@@ -681,6 +704,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=None, help="where the spec and repository go (default: a new /tmp dir)")
     ap.add_argument("--repo", type=Path, default=None, help="an already built repository of this case (skips render/build)")
     ap.add_argument("--processes", type=int, default=None, help="the kit's client processes (default: run_bench's)")
+    ap.add_argument("--split-cores", action="store_true",
+                    help="server on one half of the cores, both clients on the other: neither tool's own CPU can "
+                         "then slow the server it measures (on a small host the one using less CPU otherwise "
+                         "measures a faster server)")
     pa = ap.add_argument_group("perf_analyzer")
     pa.add_argument("--perf-analyzer", default=os.environ.get("PERF_ANALYZER"),
                     help="perf_analyzer binary (default: $PERF_ANALYZER); see " + SETUP_SCRIPT)
@@ -758,11 +785,16 @@ def run(args: argparse.Namespace, command: str) -> int:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with EmbeddedServer(opts) as server:
         target = workload.target(spec, server.grpc_url)
+        if case.text is not None:
+            target = dataclasses.replace(target, texts=(target.texts[case.text],))
         data = raw / f"{case.workload}_input_data.json"   # next to the logs whose commands name it
         data.write_text(json.dumps(perf_analyzer_input_data(target)))
         extra = ["--input-data", str(data)] + sum((["--shape", f"{s.name}:{','.join(map(str, s.shape[1:]))}"]
                                                    for s in target.inputs if s.dtype != "BYTES"), [])
         pids = server_pids()
+        cores = split_cores(pids) if args.split_cores else None
+        if cores:
+            print(f"cores: server {cores['server']}, clients {cores['clients']}", flush=True)
         print(f"server {server.server_version} on gRPC {server.grpc_url} (pids {pids}), repository {repo} "
               f"(reuse it with --repo); case {case.name}: "
               f"levels {list(args.levels)}, K={args.requests} requests per figure "
@@ -808,10 +840,11 @@ def run(args: argparse.Namespace, command: str) -> int:
         "host": host, "versions": versions(pa),
         "settings": {"levels": list(args.levels), "requests_per_figure": args.requests,
                      "perf_analyzer_window_requests": window, "kit_warmup_requests": args.warmup,
-                     "rounds": args.rounds, "kit_processes": args.processes,
+                     "rounds": args.rounds, "kit_processes": args.processes, "split_cores": cores,
                      "perf_analyzer_stability_pct": args.pa_gate[0], "perf_analyzer_max_trials": args.pa_gate[1],
                      "perf_analyzer_gate": "on" if args.pa_stability is not None else "off",
-                     "perf_analyzer_args": extra, "repository": str(repo), "spec": str(spec),
+                     "perf_analyzer_args": extra, "texts": list(target.texts), "repository": str(repo),
+                     "spec": str(spec),
                      "server_version": server_version},
         "targets": {m: TARGETS[m][1] + " of perf_analyzer's" for m in METRICS},
         "levels": _clean(levels), "rounds": _clean(rounds), "passed": passed,

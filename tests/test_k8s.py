@@ -35,7 +35,8 @@ from tritonkit.servers import SERVERS
 from tritonkit.spec import load_spec
 
 EXAMPLE = ROOT / "deploy" / "k8s"
-EXAMPLE_FLAGS = ("--gpu", "T4,L4,H100,cpu", "--cpus", "8", "--server", "ngc")
+EXAMPLE_FLAGS = ("--gpu", "T4,L4,H100,cpu", "--cpus", "8", "--cpu-features", "avx2,avx512_vnni,amx_int8,amx_bf16",
+                 "--server", "ngc")
 KUBECTL = Path(sys.executable).with_name("kubectl")
 
 

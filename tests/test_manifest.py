@@ -103,8 +103,9 @@ def test_plan_manifest_records_what_built_it_and_how_close_it_measured(monkeypat
     # measured by validation, per run and overall: comparing anything but the plan's outputs gives 0.0 here
     assert [r["max_abs_error"] for r in v["runs"]] == [pytest.approx(offset, abs=1e-5)] * 3
     assert v["max_abs_error"] == pytest.approx(offset, abs=1e-5)
-    assert m["recipe"]["tolerance"] == {"fp16": {"atol": 2e-2, "rtol": 1e-2, "min_cosine": 0.999},
-                                        "fp32": {"atol": 1e-5, "rtol": 1e-4, "min_cosine": None}}
+    assert m["recipe"]["tolerance"] == {
+        "fp16": {"atol": 2e-2, "rtol": 1e-2, "min_cosine": 0.999, "min_neighbour_overlap": None},
+        "fp32": {"atol": 1e-5, "rtol": 1e-4, "min_cosine": None, "min_neighbour_overlap": None}}
     assert build(repo, progress=False)[0].status == "current"
 
 

@@ -44,8 +44,9 @@ EXPECTED_GPU_INSTANCES = {
 
 
 def hardware(gpu: str | None, cores: int = CORES) -> Hardware:
-    """Declared hardware with a fixed CPU, so expectations do not depend on the test host."""
-    base = declared(gpu or "none")
+    """Declared hardware with a fixed CPU (no INT8 units: FP32 on it), so expectations do not depend on the test
+    host; CPU INT8 is tests/test_int8.py's."""
+    base = declared(gpu or "none", cpu_features=())
     return dataclasses.replace(base, cpu_cores=cores, memory_bytes=32 * GIB)
 
 

@@ -82,7 +82,7 @@ def test_example_spec_loads_with_the_values_it_states():
     assert m.axes == {"sequence": Axis("sequence", 1, 64, 256), "batch": Axis("batch", 1, 64, 64)}
     assert m.p99_budget_ms == 250.0 and isinstance(m.p99_budget_ms, float)
     assert m.tolerance == {"fp32": Tolerance(1e-4, 0.0, 0.9999), "fp16": Tolerance(5e-3, 0.0, 0.999),
-                           "bf16": Tolerance(2e-2, 0.0, 0.995)}
+                           "bf16": Tolerance(2e-2, 0.0, 0.995), "int8": Tolerance(5e-2, 0.0, 0.99, 0.9)}
     assert (m.precision, m.calibration) == ("auto", None)
     assert m.description.startswith("sentence-transformers all-MiniLM-L6-v2")
     assert triton_model_names(m) == ("minilm", "minilm_tokenizer", "minilm_encoder")

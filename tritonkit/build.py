@@ -106,9 +106,15 @@ def _tolerances(model: TritonModel, spec_model: ModelSpec) -> dict:
     return {p: asdict(spec_model.tolerance[p]) for p in sorted({"fp32", model.precision}) if p in spec_model.tolerance}
 
 
-def _recipe(model: TritonModel, spec_model: ModelSpec, source_sha: str) -> dict:
+def _recipe(model: TritonModel, spec_model: ModelSpec, source_sha: str, plan: Plan) -> dict:
     """Everything that determines the artifact's bytes or its proof; a change in any of it means rebuild."""
-    return {
+    extra = {}
+    if model.precision == "int8" and model.builder == "onnx":   # CPU INT8: the target's INT8 unit and the gate's data
+        from .policy import cpu_int8_unit
+        from .quantize import gate_data_digest
+        extra["int8"] = {"cpu_unit": cpu_int8_unit(plan.hardware.cpu_features),
+                         "gate_data_sha256": gate_data_digest(spec_model)}
+    return {**extra,
         "source": {"format": spec_model.source.format, "path": spec_model.source.path, "sha256": source_sha},
         "backend": model.label, "precision": model.precision, "opset": defaults.ONNX_OPSET,
         "inputs": [[t.name, t.dtype, list(t.dims)] for t in spec_model.inputs],
@@ -229,8 +235,55 @@ def _external_data(path: Path) -> list[str]:
     return files
 
 
+def _fp32_onnx(ctx: BuildContext) -> tuple[Path, dict]:
+    """The FP32 graph that TensorRT and INT8 quantization start from: the ONNX source itself, or its export
+    (cached beside the repository by source digest, proven like the served one)."""
+    sm = ctx.spec_model
+    if sm.source.format == "onnx":
+        return ctx.source, {"tool": "the ONNX source itself", **_check_onnx(ctx, ctx.source)}
+    path = ctx.cache_dir / "onnx" / f"{ctx.model.name}-{ctx.source_sha256[:12]}-opset{defaults.ONNX_OPSET}.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, _make_onnx(ctx, path)
+
+
 def _build_onnx(ctx: BuildContext) -> dict:
-    return _make_onnx(ctx, ctx.stage / ctx.model.artifacts[0])
+    out = ctx.stage / ctx.model.artifacts[0]
+    return _quantized_onnx(ctx, out) if ctx.model.precision == "int8" else _make_onnx(ctx, out)
+
+
+def _quantized_onnx(ctx: BuildContext, out: Path) -> dict:
+    """CPU INT8: the FP32 graph quantized (quantize.py) until it passes tolerance.int8's gate on real inputs."""
+    from .compare import run_onnx, st_reference, synthetic_feeds
+    from .policy import cpu_int8_unit
+    from .quantize import embedding_gate, gate_texts, onnx_embeddings, quantize_gated, tensor_gate
+    sm = ctx.spec_model
+    tol = sm.tolerance["int8"]
+    fp32, fp32_record = _fp32_onnx(ctx)
+    fp32_record.update({"path": str(fp32), "sha256": sha256(fp32)})
+    if sm.pipeline == "text-embedding":
+        texts, digest, origin = gate_texts(sm)
+        ctx.step(f"encoding {len(texts)} gate texts with sentence-transformers (FP32 reference)")
+        reference, feats = st_reference(ctx.source, texts, normalize=True)
+        judge = lambda path: embedding_gate(reference, onnx_embeddings(path, feats), tol)   # noqa: E731
+        data = {"texts": len(texts), "file": origin, "sha256": digest,
+                "reference": "SentenceTransformer.encode(normalize_embeddings=True)"}
+    else:
+        feeds = synthetic_feeds(sm.inputs, sm.shapes(sm.inputs, "opt"), defaults.VALIDATION_SEED)
+        reference = run_onnx(fp32, feeds)
+        judge = lambda path: tensor_gate(reference, run_onnx(path, feeds), tol)   # noqa: E731
+        data = {"synthetic": {k: list(v.shape) for k, v in feeds.items()}, "seed": defaults.VALIDATION_SEED,
+                "reference": "the FP32 ONNX graph"}
+    unit = cpu_int8_unit(ctx.plan.hardware.cpu_features)
+    q = quantize_gated(fp32, out, reduce_range=unit == "AVX2", judge=judge, step=ctx.step,
+                       where=f"{ctx.model.name}: INT8 ({unit})")
+    gate = q["gate"]
+    return {"tool": q.pop("tool"), "fp32_onnx": fp32_record, "quantization": {**q, "cpu_unit": unit},
+            "gate_data": data,
+            "validation": {"samples": gate["samples"], "max_abs_error": gate["max_abs_error"],
+                           "min_cosine": gate["min_cosine"], "neighbour_overlap": gate["neighbour_overlap"],
+                           "atol": tol.atol, "min_cosine_required": tol.min_cosine,
+                           "min_neighbour_overlap_required": tol.min_neighbour_overlap,
+                           "reference": data["reference"]}}
 
 
 def _plan_feeds(ctx: BuildContext, settings) -> list[tuple[str, dict]]:
@@ -255,13 +308,7 @@ def _build_tensorrt(ctx: BuildContext) -> dict:
     if ctx.host is None:   # build() checks the host first; a direct call without one is our bug
         raise AssertionError("TensorRT build without a checked build host")
     sm = ctx.spec_model
-    if sm.source.format == "onnx":
-        onnx_path = ctx.source
-        onnx_record = {"tool": "the ONNX source itself", **_check_onnx(ctx, onnx_path)}
-    else:
-        onnx_path = ctx.cache_dir / "onnx" / f"{ctx.model.name}-{ctx.source_sha256[:12]}-opset{defaults.ONNX_OPSET}.onnx"
-        onnx_path.parent.mkdir(parents=True, exist_ok=True)
-        onnx_record = _make_onnx(ctx, onnx_path)
+    onnx_path, onnx_record = _fp32_onnx(ctx)
     onnx_record.update({"path": str(onnx_path), "sha256": sha256(onnx_path)})
     require_quantized(settings, quantize_ops(onnx_path), where=f"{sm.name}: {onnx_path}", calibration=sm.calibration)
     plan_path = ctx.stage / settings.plan_file
@@ -374,7 +421,7 @@ def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Pat
     folder = repo / model.name / VERSION
     started = time.perf_counter()
     src, src_sha = source or _source_of(spec_model)
-    recipe = _recipe(model, spec_model, src_sha)
+    recipe = _recipe(model, spec_model, src_sha, plan)
     plan_file = None
     names = model.artifacts
     if model.backend == "tensorrt":
@@ -422,7 +469,13 @@ def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Pat
     v = record.get("validation")
     if v:
         ref = v.get("reference", "").split(" on ")[0].split("(")[0].strip()
-        detail = f"max abs error {v['max_abs_error']:.2e}, min cosine {v['min_cosine']:.7f} vs {ref}"
+        detail = f"max abs error {v['max_abs_error']:.2e}, min cosine {v['min_cosine']:.7f}" + (
+            f", top-10 neighbour overlap {v['neighbour_overlap']:.3f}" if v.get("neighbour_overlap") is not None
+            else "") + f" vs {ref}"
+        if "quantization" in record:
+            q = record["quantization"]
+            detail = (f"INT8 ({q['cpu_unit']}, {q['quantized_matmuls']} MatMuls INT8, {len(q['fp32_matmuls'])} kept "
+                      f"FP32): {detail}")
     elif "smoke" in record or "check" in record:
         detail = "signature matches the spec; ran at the spec's shapes"
     if model.label == "onnxruntime (tensorrt-ep)":
@@ -487,6 +540,8 @@ def build(repo: Path, *, force: bool = False, progress: bool = True, spec: Spec 
     sources = {m.name: _source_of(m) for m in spec.models
                if any(tm.source_model == m.name and tm.artifacts for tm in plans[0].models)}
     jobs = _jobs(plans)
+    for p, m in jobs:   # every recipe's inputs (e.g. INT8 gate data) readable before any artifact changes
+        _recipe(m, spec.model(m.source_model), sources[m.source_model][1], p)
     host, skipped = None, {}
     trt_jobs = [(p, m) for p, m in jobs if m.backend == "tensorrt" and (force or not _plan_current(p, m, spec, repo,
                                                                                                   sources))]
@@ -528,6 +583,6 @@ def _plan_current(plan: Plan, model: TritonModel, spec: Spec, repo: Path, source
     from .trt_settings import builder_settings
     spec_model = spec.model(model.source_model)
     settings = builder_settings(plan, model)
-    recipe = _recipe(model, spec_model, sources[model.source_model][1])
+    recipe = _recipe(model, spec_model, sources[model.source_model][1], plan)
     recipe["tensorrt"] = settings.record()
     return _is_current(repo / model.name / VERSION, (settings.plan_file,), recipe, settings.plan_file)

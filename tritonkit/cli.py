@@ -27,7 +27,7 @@ def _console(stderr: bool = False):
 
 # Planning flags default to None so that a step given a finished plan (--plan, --check) can tell that one
 # was passed and refuse it: a plan is decided once, flags never re-decide it later.
-PLANNING_DEFAULTS = {"spec": defaults.DEFAULT_SPEC, "gpu": "auto", "cpus": None, "server": "embedded",
+PLANNING_DEFAULTS = {"spec": defaults.DEFAULT_SPEC, "gpu": "auto", "cpus": None, "cpu_features": None, "server": "embedded",
                      "ngc_release": None, "allow_insecure_release": False, "no_tensorrt": False}
 
 
@@ -39,6 +39,9 @@ def _planning_args(p: argparse.ArgumentParser) -> None:
                         "(T4,L4,H100), or sm=40,cc=7.5,mem=16GiB")
     g.add_argument("--cpus", type=int, default=None, metavar="N",
                    help="CPU cores of the target, for models planned on the CPU (default: this host's)")
+    g.add_argument("--cpu-features", default=None, metavar="LIST",
+                   help="the target CPU's instruction sets, e.g. avx512_vnni,amx_int8, or none (default: this "
+                        "host's; INT8 on the CPU needs VNNI or AMX)")
     g.add_argument("--server", choices=("embedded", "ngc"), default=None,
                    help="serving Triton: the embedded PyPI tritonserver (python backend only; the default) or the "
                         "NGC image")
@@ -75,14 +78,15 @@ def _capabilities(flags, hardware, server):
 
 def _make_plans(args):
     """(spec, plans): one plan, or one per GPU type when --gpu names a fleet (T4,L4,H100)."""
-    from .hardware import resolve
+    from .hardware import parse_cpu_features, resolve
     from .policy import plan_fleet
     from .servers import server_target
     from .spec import load_spec
     flags = _planning(args)
     if flags.cpus is not None and flags.cpus < 1:
         raise UserError("CPU cores must be >= 1", where="--cpus", actual=flags.cpus, expected=">= 1")
-    hardware = resolve(flags.gpu, flags.cpus)
+    features = parse_cpu_features(flags.cpu_features) if flags.cpu_features is not None else None
+    hardware = resolve(flags.gpu, flags.cpus, features)
     server = server_target(flags.server, flags.ngc_release, flags.allow_insecure_release)
     spec = load_spec(flags.spec)
     return spec, plan_fleet(spec, hardware, server, _capabilities(flags, hardware, server))
@@ -115,12 +119,13 @@ def print_decisions(plans, console) -> None:
 
 def cmd_detect(args) -> int:
     from dataclasses import asdict
-    from .hardware import detect
+    from .hardware import CPU_FEATURES, detect
     hw = detect()
     if args.json:
         print(json.dumps(asdict(hw), indent=2))
         return 0
     print(hw.describe())
+    print(f"  CPU: {', '.join(hw.cpu_features) or 'none'} of {', '.join(CPU_FEATURES)}")
     for g in hw.gpus:
         print(f"  GPU{g.index}: {g.name}: {g.sm_count} SMs, compute capability "
               f"{g.compute_capability[0]}.{g.compute_capability[1]}, {g.memory_gib:.1f} GiB, "

@@ -70,6 +70,15 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+def _apportion(total: int, weights: list[int]) -> list[int]:
+    """`total` split in proportion to `weights` (largest remainders get the leftover units)."""
+    exact = [total * w / sum(weights) for w in weights]
+    out = [int(x) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: out[i] - exact[i])[:total - sum(out)]:
+        out[i] += 1
+    return out
+
+
 def schedule(level: Open, n: int, index: int, parts: int):
     """Due times (seconds from the level start) of one process's share of an open-loop level.
 
@@ -136,15 +145,17 @@ class _Worker:
         cpu0 = time.process_time()
         if isinstance(level, Closed):
             # gRPC: several requests in flight per connection (HTTP/2 streams), as perf_analyzer shares its
-            # channels; HTTP/1.1: one per connection. Each thread its own share of the keys: no lock.
+            # channels; HTTP/1.1: one per connection. The connections take their next key from one shared
+            # iterator: with a fixed share each, a connection with fewer streams (16 in flight in one process = 6+5+5) would
+            # finish last, alone, and the level's tail would run below its concurrency.
             share = self.streams_per_connection
             widths = _split(level.concurrency, -(-level.concurrency // share))
+            keys = _Shared(range(n))
 
-            def loop(conn, mine: range, width: int):
+            def loop(conn, width: int):
                 time.sleep(max(0.0, start_at - time.monotonic()))
-                self.idle.put(self.drive(conn, mine, width, lambda k: first + k * parts + index, rec, closed=True))
-            threads = [threading.Thread(target=loop, args=(self.connection(), range(t, n, len(widths)), w),
-                                        daemon=True) for t, w in enumerate(widths)]
+                self.idle.put(self.drive(conn, keys, width, lambda k: first + k * parts + index, rec, closed=True))
+            threads = [threading.Thread(target=loop, args=(self.connection(), w), daemon=True) for w in widths]
             for t in threads:
                 t.start()
             for t in threads:
@@ -185,6 +196,20 @@ class _Worker:
             jobs.put(None)
         for t in threads:
             t.join()
+
+
+class _Shared:
+    """An iterator that several threads take from."""
+
+    def __init__(self, items):
+        self._it, self._lock = iter(items), threading.Lock()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self._lock:
+            return next(self._it)
 
 
 class _Record:
@@ -257,8 +282,9 @@ class Driver:
     def run(self, level: Closed | Open) -> Samples:
         import numpy as np
         parts = min(self.processes, level.concurrency) if isinstance(level, Closed) else self.processes
-        shares = _split(level.requests, parts)
         concurrency = _split(level.concurrency, parts) if isinstance(level, Closed) else None
+        # closed loop: requests in proportion to each process's concurrency, so the processes finish together
+        shares = _split(level.requests, parts) if concurrency is None else _apportion(level.requests, concurrency)
         start_at = time.monotonic() + START_DELAY_S
         first = self._next
         self._next += level.requests          # later levels continue through the payloads

@@ -11,6 +11,7 @@ import ctypes
 import os
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from .catalogue import GIB, GPU, CATALOGUE, close_names, lookup
 from .errors import UserError
@@ -24,11 +25,13 @@ class Hardware:
     source: str                     # "detected" or "declared"
     note: str = ""                  # why detection found no GPU, for --explain
     cpu_nodes: bool = False         # a declared fleet that also has CPU-only nodes (--gpu T4,L4,cpu)
+    cpu_features: tuple[str, ...] = ()   # of CPU_FEATURES: what the CPU's vector units can do (INT8, BF16)
 
-    def planned(self, uses_cpu_cores: bool) -> Hardware:
+    def planned(self, uses_cpu_cores: bool, uses_cpu_features: bool = False) -> Hardware:
         """The hardware as a plan records it: only what its decisions read, so a plan made under
         `taskset`, on another host or in a container compares equal to the same plan made here."""
-        return replace(self, cpu_cores=self.cpu_cores if uses_cpu_cores else None, memory_bytes=None, note="")
+        return replace(self, cpu_cores=self.cpu_cores if uses_cpu_cores else None, memory_bytes=None, note="",
+                       cpu_features=self.cpu_features if uses_cpu_features else ())
 
     @property
     def has_gpu(self) -> bool:
@@ -44,11 +47,38 @@ class Hardware:
     def describe(self) -> str:
         cpu = ", ".join(part for part in (
             f"{self.cpu_cores} CPU cores" if self.cpu_cores is not None else "",
-            f"{self.memory_bytes / GIB:.0f} GiB RAM" if self.memory_bytes is not None else "") if part)
+            f"{self.memory_bytes / GIB:.0f} GiB RAM" if self.memory_bytes is not None else "",
+            "+".join(self.cpu_features)) if part)
         if not self.gpus:
             return f"no GPU ({self.source}{': ' + self.note if self.note else ''}); {cpu}"
         gpus = ", ".join(f"GPU{g.index}: {g.describe()}" for g in self.gpus)
         return f"{gpus} ({self.source})" + (f"; {cpu}" if cpu else "")
+
+
+# CPU instruction sets the policy reads, by their Linux /proc/cpuinfo flag names: INT8 dot products (AVX512-VNNI,
+# AVX-VNNI, AMX-INT8 tiles), BF16 tiles (AMX-BF16), and AVX2 (the floor ONNX Runtime's fast kernels assume).
+CPU_FEATURES = ("avx2", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+
+
+def host_cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return ()
+    return tuple(f for f in CPU_FEATURES if f in flags)
+
+
+def parse_cpu_features(text: str) -> tuple[str, ...]:
+    """`--cpu-features`: "none" or a comma list of CPU_FEATURES (the target's, when it is not this host)."""
+    names = [n.strip().lower().replace("-", "_") for n in text.split(",") if n.strip()]
+    if names == ["none"]:
+        return ()
+    unknown = [n for n in names if n not in CPU_FEATURES]
+    if unknown:
+        raise UserError("unknown CPU feature", where="--cpu-features", actual=unknown,
+                        expected=f"none, or some of {', '.join(CPU_FEATURES)} (names as in /proc/cpuinfo)")
+    return tuple(f for f in CPU_FEATURES if f in names)
 
 
 def host_cpu() -> tuple[int, int]:
@@ -134,9 +164,11 @@ def detect() -> Hardware:
             continue
         visible = _visible(gpus)
         if visible:
-            return Hardware(gpus=visible, cpu_cores=cores, memory_bytes=mem, source="detected")
+            return Hardware(gpus=visible, cpu_cores=cores, memory_bytes=mem, source="detected",
+                            cpu_features=host_cpu_features())
         reasons.append(f"{probe.__name__.removeprefix('_detect_')}: no devices")
-    return Hardware(gpus=(), cpu_cores=cores, memory_bytes=mem, source="detected", note="; ".join(reasons))
+    return Hardware(gpus=(), cpu_cores=cores, memory_bytes=mem, source="detected", note="; ".join(reasons),
+                    cpu_features=host_cpu_features())
 
 
 def _visible(gpus: tuple[GPU, ...]) -> tuple[GPU, ...]:
@@ -171,20 +203,23 @@ def _custom_gpu(text: str) -> GPU:
                compute_capability=(major, minor), memory_bytes=mem)
 
 
-def declared(text: str, cpu_cores: int | None = None) -> Hardware:
+def declared(text: str, cpu_cores: int | None = None, cpu_features: tuple[str, ...] | None = None) -> Hardware:
     """`--gpu` values: "none", a catalogue name ("T4"), a fleet ("T4,L4,H100"; "cpu" in it adds CPU-only nodes),
     or "sm=40,cc=7.5,mem=16GiB".
 
-    CPU cores: `cpu_cores` (`--cpus`) when given, else this host's (they matter only to models planned on the CPU).
+    CPU cores and features: `cpu_cores` (`--cpus`) and `cpu_features` (`--cpu-features`) when given, else this
+    host's (they matter only to models planned on the CPU).
     """
     cores, mem = host_cpu()
     cores = cpu_cores or cores
+    features = host_cpu_features() if cpu_features is None else cpu_features
     text = text.strip()
     if text.lower() in ("none", "cpu"):
-        return Hardware(gpus=(), cpu_cores=cores, memory_bytes=mem, source="declared", note="--gpu none")
+        return Hardware(gpus=(), cpu_cores=cores, memory_bytes=mem, source="declared", note="--gpu none",
+                        cpu_features=features)
     if "=" in text and _CUSTOM.match(text.replace(" ", "")):
         return Hardware(gpus=(_custom_gpu(text.replace(" ", "")),), cpu_cores=cores, memory_bytes=mem,
-                        source="declared")
+                        source="declared", cpu_features=features)
     gpus = []
     names = [n.strip() for n in text.split(",")]
     cpu_nodes = any(n.lower() in ("none", "cpu") for n in names)
@@ -198,12 +233,14 @@ def declared(text: str, cpu_cores: int | None = None) -> Hardware:
                             + "or describe it: --gpu sm=40,cc=7.5,mem=16GiB")
         gpus.append(GPU(name=gpu.name, sm_count=gpu.sm_count, compute_capability=gpu.compute_capability,
                         memory_bytes=gpu.memory_bytes, index=i))
-    return Hardware(gpus=tuple(gpus), cpu_cores=cores, memory_bytes=mem, source="declared", cpu_nodes=cpu_nodes)
+    return Hardware(gpus=tuple(gpus), cpu_cores=cores, memory_bytes=mem, source="declared", cpu_nodes=cpu_nodes,
+                    cpu_features=features)
 
 
-def resolve(gpu_arg: str = "auto", cpu_cores: int | None = None) -> Hardware:
-    """`--gpu` and `--cpus` as one value: detected GPUs for "auto", else declared ones."""
+def resolve(gpu_arg: str = "auto", cpu_cores: int | None = None, cpu_features: tuple[str, ...] | None = None) -> Hardware:
+    """`--gpu`, `--cpus` and `--cpu-features` as one value: detected GPUs for "auto", else declared ones."""
     if gpu_arg.strip().lower() != "auto":
-        return declared(gpu_arg, cpu_cores)
+        return declared(gpu_arg, cpu_cores, cpu_features)
     hw = detect()
-    return replace(hw, cpu_cores=cpu_cores) if cpu_cores else hw
+    hw = replace(hw, cpu_cores=cpu_cores) if cpu_cores else hw
+    return replace(hw, cpu_features=cpu_features) if cpu_features is not None else hw

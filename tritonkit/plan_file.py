@@ -110,7 +110,8 @@ def replan(plans: Plans) -> Plans:
     from .policy import plan_fleet
     hardware = plans[0].hardware
     cores = next((p.hardware.cpu_cores for p in plans if p.hardware.cpu_cores is not None), None)
-    hardware = dataclasses.replace(hardware, cpu_cores=cores)
+    features = next((p.hardware.cpu_features for p in plans if p.hardware.cpu_features), ())
+    hardware = dataclasses.replace(hardware, cpu_cores=cores, cpu_features=features)
     return plan_fleet(load_spec(plans), hardware, plans[0].server, plans[0].caps)
 
 

@@ -57,14 +57,14 @@ BACKENDS = (
     # The pytorch backend runs the TorchScript file as it was saved (FP32 here): nothing casts it at load.
     BackendRow("pytorch", "", None, frozenset({"torchscript"}), True, None, frozenset({"fp32"}), "torchscript",
                ("model.pt",), "TorchScript source runs natively in the pytorch backend (as saved: FP32)"),
-    BackendRow("onnxruntime", "", False, _ONNXABLE, False, None, frozenset({"fp32"}), "onnx", ("model.onnx",),
+    BackendRow("onnxruntime", "", False, _ONNXABLE, False, None, frozenset({"fp32", "int8"}), "onnx", ("model.onnx",),
                "no GPU: the ONNX Runtime backend on CPU (C++, no Python in the request path)"),
     BackendRow("python", "torch", True, frozenset({"sentence-transformers"}), True, None,
                frozenset({"fp32", "fp16", "bf16"}), "torch", ("hf/config.json", "hf/model.safetensors"),
                "this server has only the python backend: model.py runs the encoder in PyTorch on the GPU "
                "(tensors exchanged with Triton through DLPack)",
                code_template="encoder_torch.py.j2", code_files=("bert_encoder.py",)),
-    BackendRow("python", "onnxruntime", None, _ONNXABLE, False, None, frozenset({"fp32"}), "onnx", ("model.onnx",),
+    BackendRow("python", "onnxruntime", None, _ONNXABLE, False, None, frozenset({"fp32", "int8"}), "onnx", ("model.onnx",),
                "this server has only the python backend: model.py runs the exported ONNX graph with ONNX Runtime "
                "on the CPU", code_template="encoder_onnxruntime.py.j2"),
 )
@@ -92,13 +92,55 @@ AUTO_PRECISION_ORDER = ("fp16", "bf16", "fp32")
 # returned NaN and the MiniLM encoder's FP16 output had min cosine 0.065 vs FP32 (BF16 likewise), while the
 # full GPU was exact (benchmarks/results/gpu/README.md). A spec may still request them; the build validates.
 MPS_UNSAFE_PRECISIONS = frozenset({"fp16", "bf16"})
-# Precisions that change the numbers enough to need calibration data or a pre-quantized model.
+# Precisions that change the numbers enough to need calibration data or a pre-quantized model (on a GPU; on a
+# CPU INT8 is ONNX Runtime's dynamic quantization: activations are scaled per batch at run time, no calibration).
 NEEDS_CALIBRATION = frozenset({"int8", "fp8", "fp4"})
+# CPU instructions ONNX Runtime's INT8 GEMMs use, best first (hardware.CPU_FEATURES names -> what people call
+# them). Without VNNI/AMX the AVX2 kernel multiplies u8 x s8 pairs into saturating int16 sums, so weights are
+# quantized to 7 bits there (ONNX Runtime's reduce_range); the gate of tolerance.int8 proves either.
+# Measured in-process, MiniLM, 2 cores, 2 sessions x 1 thread: Xeon with AMX/VNNI 2.7x FP32; EPYC (AVX2 only) 1.8x.
+CPU_INT8_FEATURES = {"amx_int8": "AMX-INT8", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI", "avx2": "AVX2"}
+CPU_INT8_WHY = ("ONNX Runtime dynamic quantization (INT8 per-channel weights, activations scaled at run time), "
+                "proven by the gate of tolerance.int8")
+CPU_NO_BF16_WHY = "BF16: ONNX Runtime's CPU kernels have no BF16 MatMul, so AMX-BF16 buys nothing here"
 
 
-def choose_precision(model: ModelSpec, row: BackendRow, gpu: GPU | None) -> tuple[str, str]:
-    """`gpu`: the device the row executes on (None = CPU)."""
-    device = gpu.describe() if gpu else "the CPU"
+def cpu_int8_unit(features: tuple[str, ...]) -> str | None:
+    """The best INT8 instruction set among `features` ("AMX-INT8", ..., "AVX2"), or None."""
+    return next((name for f, name in CPU_INT8_FEATURES.items() if f in features), None)
+
+
+def cpu_precision(model: ModelSpec, row: BackendRow, features: tuple[str, ...]) -> tuple[str, str]:
+    """INT8 where the CPU has INT8 dot-product instructions and the spec tolerates it, else FP32."""
+    unit = cpu_int8_unit(features)
+    why_not = ("no tolerance.int8 in the spec" if "int8" not in model.tolerance else
+               f"the {row.label} backend cannot run it" if "int8" not in row.precisions else
+               f"this CPU has none of {', '.join(CPU_INT8_FEATURES.values())}" if unit is None else None)
+    if model.precision == "int8" and why_not:
+        raise UserError("INT8 cannot run well on this CPU", where=f"model {model.name}: precision", actual=why_not,
+                        expected=f"a CPU with {' or '.join(CPU_INT8_FEATURES.values())} and tolerance.int8",
+                        fix="declare the target CPU's features (--cpu-features avx512_vnni,...) or request fp32")
+    if model.precision in ("auto", "int8") and not why_not:
+        weights = "8-bit weights" if unit != "AVX2" else "7-bit weights (no VNNI: against int16 saturation)"
+        return "int8", f"INT8 on the CPU with {unit}, {weights}: {CPU_INT8_WHY}"
+    if model.precision not in ("auto", "fp32"):
+        raise UserError(f"{model.precision.upper()} cannot run on the CPU with the {row.label} backend",
+                        where=f"model {model.name}: precision", actual=model.precision, expected="fp32 or int8")
+    if "fp32" not in model.tolerance:
+        raise UserError("this model runs on the CPU in FP32, but the spec gives no FP32 tolerance to validate "
+                        "it against", where=f"model {model.name}: tolerance", actual=sorted(model.tolerance),
+                        expected="an fp32 entry", fix="add tolerance.fp32 (e.g. {atol: 1.0e-4})")
+    if model.precision == "fp32":
+        return "fp32", "requested in the spec"
+    return "fp32", f"CPU execution: FP32 (not INT8: {why_not}; {CPU_NO_BF16_WHY})"
+
+
+def choose_precision(model: ModelSpec, row: BackendRow, gpu: GPU | None,
+                     cpu_features: tuple[str, ...] = ()) -> tuple[str, str]:
+    """`gpu`: the device the row executes on (None = CPU, whose `cpu_features` then decide)."""
+    if gpu is None:
+        return cpu_precision(model, row, cpu_features)
+    device = gpu.describe()
     supported, backend = row.precisions, row.label
     if model.precision != "auto":
         p = model.precision
@@ -107,7 +149,7 @@ def choose_precision(model: ModelSpec, row: BackendRow, gpu: GPU | None) -> tupl
             raise UserError(f"{p.upper()} is not supported by {gpu.name}", where=f"model {model.name}: precision",
                             actual=f"compute capability {gpu.compute_capability[0]}.{gpu.compute_capability[1]}",
                             expected=f">= {need}", fix="request another precision or use precision: auto")
-        if p not in supported or (gpu is None and p != "fp32"):
+        if p not in supported:
             raise UserError(f"{p.upper()} cannot run on {device} with the {backend} backend",
                             where=f"model {model.name}: precision", actual=p, expected=f"one of {sorted(supported)}")
         if p in NEEDS_CALIBRATION and model.calibration is None:
@@ -115,12 +157,6 @@ def choose_precision(model: ModelSpec, row: BackendRow, gpu: GPU | None) -> tupl
                             where=f"model {model.name}: precision", actual="no calibration",
                             expected="calibration: <path>", fix="add calibration data or use precision: auto")
         return p, f"requested in the spec; {device} supports it and tolerance.{p} will validate it"
-    if gpu is None:
-        if "fp32" not in model.tolerance:
-            raise UserError("this model runs on the CPU in FP32, but the spec gives no FP32 tolerance to validate "
-                            "it against", where=f"model {model.name}: tolerance", actual=sorted(model.tolerance),
-                            expected="an fp32 entry", fix="add tolerance.fp32 (e.g. {atol: 1.0e-4})")
-        return "fp32", "CPU execution: FP32 (reduced precision gives no speedup in ONNX Runtime's CPU kernels)"
     why_not = {}
     for p in AUTO_PRECISION_ORDER:
         why_not[p] = _refusal(p, model, supported, gpu, backend)
@@ -282,7 +318,7 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
     row = choose_backend(model, server, gpu, caps)
     decide(name, "backend", row.label, row.reason)
     device = gpu if row.uses_gpu else None
-    precision, why = choose_precision(model, row, device)
+    precision, why = choose_precision(model, row, device, hw.cpu_features)
     decide(name, "precision", precision, why)
     params: list[tuple[str, str]] = []
     if device is not None:
@@ -434,7 +470,10 @@ def plan(spec: Spec, hardware: Hardware, server: ServerTarget, gpu: GPU | None =
         models.extend(PIPELINES[m.pipeline](m, hardware, server, gpu, caps, fleet_ccs, decide))
     # Only models whose instance count came from the cores make them part of the plan (the tokenizer's is fixed).
     uses_cores = any(g.kind == "KIND_CPU" for m in models if m.role != "tokenizer" for g in m.instances)
-    target = hardware.planned(uses_cores)
+    # ...and the CPU's features only when a model on it could have been INT8 (they decided its precision).
+    uses_features = any(g.kind == "KIND_CPU" and "int8" in spec.model(m.source_model).tolerance
+                        for m in models if m.role in ("encoder", "model") for g in m.instances)
+    target = hardware.planned(uses_cores, uses_features)
     decisions.insert(1, Decision("server", "hardware", gpu.describe() if gpu else "CPU only", target.describe()))
     return Plan(spec=spec_ref(spec), server=server, hardware=target, gpu=gpu, models=tuple(models), caps=caps,
                 decisions=tuple(decisions))

@@ -20,7 +20,7 @@ from .errors import UserError
 SOURCE_FORMATS = ("sentence-transformers", "onnx", "torchscript")
 PIPELINES = ("none", "text-embedding")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4")
-TOLERANCE_KEYS = ("atol", "rtol", "min_cosine")
+TOLERANCE_KEYS = ("atol", "rtol", "min_cosine", "min_neighbour_overlap")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 
 
@@ -45,6 +45,9 @@ class Tolerance:
     atol: float
     rtol: float = 0.0
     min_cosine: float | None = None
+    # embeddings: the mean share of each text's 10 nearest neighbours (among the gate texts) that stay its
+    # nearest 10 in this precision; retrieval quality, which a high average cosine can hide
+    min_neighbour_overlap: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,8 @@ class ModelSpec:
     p99_budget_ms: float
     tolerance: dict[str, Tolerance]  # precision -> tolerance; a precision without one is not allowed
     precision: str = "auto"          # "auto" or one of PRECISIONS (a request the policy may refuse)
-    calibration: str | None = None   # calibration data: required for int8/fp8
+    calibration: str | None = None   # calibration data (texts.txt, images/, data.npz): GPU INT8/FP8; CPU INT8's gate
+    calibration_samples: int | None = None   # use the first N samples (None: all)
     text_input: str = "text"         # ensemble input name of the text-embedding pipeline
     description: str = ""
     workload: Workload | None = None  # bench payloads; None: the example sentences, or data from dtype and dims
@@ -200,14 +204,14 @@ def _axis(ctx: _Ctx, where: str, name: str, raw: Any) -> Axis:
 
 
 def _tolerance(ctx: _Ctx, where: str, raw: Any) -> Tolerance:
-    raw = ctx.mapping(where, raw, ("atol",), ("rtol", "min_cosine"))
+    raw = ctx.mapping(where, raw, ("atol",), ("rtol", "min_cosine", "min_neighbour_overlap"))
     vals = {}
     for key in TOLERANCE_KEYS:
         if key in raw:
             v = ctx.typed(f"{where}.{key}", raw[key], (int, float), "a number")
-            if v < 0 or (key == "min_cosine" and not 0 < v <= 1):
-                ctx.fail(f"{where}.{key}", "out of range", actual=v,
-                         expected="0 < min_cosine <= 1" if key == "min_cosine" else ">= 0")
+            share = key in ("min_cosine", "min_neighbour_overlap")
+            if v < 0 or (share and not 0 < v <= 1):
+                ctx.fail(f"{where}.{key}", "out of range", actual=v, expected=f"0 < {key} <= 1" if share else ">= 0")
             vals[key] = float(v)
     return Tolerance(**vals)
 
@@ -317,7 +321,14 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
         ctx.fail(f"{where}.precision", "requested precision has no tolerance to validate it against",
                  actual=precision, expected=f"one of {sorted(tolerance)}",
                  fix=f"add tolerance.{precision} or request another precision")
-    calibration = raw.get("calibration")
+    calibration, samples = raw.get("calibration"), None
+    if isinstance(calibration, dict):   # {path: texts.txt | images/ | data.npz, samples: N}
+        cal = ctx.mapping(f"{where}.calibration", calibration, ("path",), ("samples",))
+        if "samples" in cal:
+            samples = ctx.typed(f"{where}.calibration.samples", cal["samples"], int, "an integer >= 1")
+            if isinstance(samples, int) and samples < 1:
+                ctx.fail(f"{where}.calibration.samples", "must be >= 1", actual=samples, expected="an integer >= 1")
+        calibration = cal["path"]
     if calibration is not None:
         calibration = str((base / ctx.typed(f"{where}.calibration", calibration, str, "a path")).resolve())
         if not Path(calibration).exists():
@@ -339,6 +350,7 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
                      weights_bytes=weights_bytes(source),
                      outputs=tensors["outputs"], axes=axes, max_batch_size=mbs, batch_axis=batch_axis,
                      p99_budget_ms=float(p99), tolerance=tolerance, precision=precision, calibration=calibration,
+                     calibration_samples=samples,
                      text_input=text_input, description=str(raw.get("description", "")), peak_rps=peak_rps,
                      workload=_workload(ctx, f"{where}.workload", raw["workload"], base) if "workload" in raw else None)
 

