@@ -31,30 +31,17 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 SENTENCES = ROOT / "deploy" / "sentences.txt"
-NEIGHBOURS = 10
-
-
-def neighbour_overlap(reference, candidate, k: int = NEIGHBOURS) -> float:
-    """Mean share of each sample's k nearest neighbours (cosine, among the others) that the candidate keeps."""
-    import numpy as np
-
-    def ranks(e):
-        e = e / np.linalg.norm(e, axis=1, keepdims=True)
-        sim = e @ e.T
-        np.fill_diagonal(sim, -np.inf)
-        return np.argsort(-sim, axis=1)[:, :k]
-    r, c = ranks(reference), ranks(candidate)
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(r, c)]))
 
 
 def accuracy(reference, candidate) -> dict:
-    import numpy as np
-    ref = np.asarray(reference, dtype=np.float64)
-    cand = np.asarray(candidate, dtype=np.float64)
-    cos = (ref * cand).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1))
-    return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
-            "neighbour_overlap": neighbour_overlap(ref, cand), "max_abs_error": float(np.abs(ref - cand).max())}
+    """The kit's INT8 gate figures (tritonkit.quantize), with no thresholds: min/mean cosine, top-10 overlap."""
+    from tritonkit.quantize import embedding_gate
+    from tritonkit.spec import Tolerance
+    g = embedding_gate(reference, candidate, Tolerance(atol=math.inf))
+    return {"min_cosine": g.min_cosine, "mean_cosine": g.mean_cosine, "neighbour_overlap": g.neighbour_overlap,
+            "max_abs_error": g.max_abs_error}
 
 
 def error_text(exc: BaseException) -> str:
