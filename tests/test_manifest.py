@@ -70,6 +70,12 @@ def build_with_stand_in(monkeypatch, spec_path: Path, repo: Path, *, gpus: str =
     return build(repo, progress=False, force=force)
 
 
+def entry_profile(entry: dict):
+    """The plan's recorded profile 0 as (input, shape) pairs per min/opt/max."""
+    from tritonkit.plan import Profile
+    return Profile(*(tuple((n, tuple(d)) for n, d in entry["profiles"][0][w].items()) for w in ("min", "opt", "max")))
+
+
 def manifest(repo: Path) -> dict:
     return json.loads((repo / "cnn" / "1" / "build.json").read_text())
 
@@ -77,10 +83,12 @@ def manifest(repo: Path) -> dict:
 # --- what build.json records -------------------------------------------------------------------------
 
 def test_plan_manifest_records_what_built_it_and_how_close_it_measured(monkeypatch, spec_path, tmp_path, cnn_dir):
-    """A plan must say which source bytes, TensorRT, GPU/cc, precision, profiles and tolerances made it, and
+    """A plan must say which source bytes, TensorRT, GPU/cc, precision, profiles, ONNX and tolerances made it, and
     the error it measured: without that nobody can tell whether it will load or why it differs."""
+    from tritonkit.compare import run_onnx, synthetic_feeds
+    from tritonkit.spec import load_spec
     repo = tmp_path / "repo"
-    offset = 1e-3     # the stand-in's plan answers ONNX Runtime's outputs + offset: the error to be measured
+    offset = 1e-3     # the stand-in's plan answers its ONNX's outputs + offset: part of the error to be measured
     (result,) = build_with_stand_in(monkeypatch, spec_path, repo,
                                     perturb=lambda outs: {k: v + offset for k, v in outs.items()})
     assert result.status == "built" and result.artifacts == ("model.sm75.plan",), result.summary()
@@ -88,21 +96,30 @@ def test_plan_manifest_records_what_built_it_and_how_close_it_measured(monkeypat
     entry = m["plans"]["model.sm75.plan"]
     assert entry["tensorrt"] == BUILT_WITH and entry["tensorrt_pin"] == defaults.NGC_TENSORRT_VERSION
     assert (entry["gpu"], entry["compute_capability"], entry["precision"]) == ("Tesla T4", "7.5", "fp16")
-    assert entry["flags"] == ["FP16"] and entry["builder_optimization_level"] == 3
-    assert entry["workspace_bytes"] == 4 * 2**30
+    assert entry["network_flags"] == ["STRONGLY_TYPED"] and entry["cleared_flags"] == []
+    assert entry["builder_optimization_level"] == 3 and entry["workspace_bytes"] == 4 * 2**30
     assert entry["profiles"] == [{"min": {"image": [1, 3, 32, 32]}, "opt": {"image": [8, 3, 32, 32]},
                                   "max": {"image": [16, 3, 32, 32]}}]
     source_sha = hashlib.sha256((cnn_dir / "cnn.onnx").read_bytes()).hexdigest()
-    assert m["source"]["sha256"] == source_sha == entry["onnx"]["sha256"] == entry["recipe"]["source"]["sha256"]
+    assert m["source"]["sha256"] == source_sha == entry["onnx"]["fp32"]["sha256"] == \
+        entry["recipe"]["source"]["sha256"] == entry["onnx"]["precision"]["recipe"]["fp32_sha256"]
+    fp16 = entry["onnx"]["precision"]          # TensorRT 11 built the plan from this AutoCast graph, gated first
+    assert fp16["mode"] == "fp16" and fp16["gate"]["failures"] == [] and entry["onnx_precision"].startswith("ModelOpt")
+    assert fp16["sha256"] == hashlib.sha256(Path(fp16["path"]).read_bytes()).hexdigest()
     assert entry["sha256"] == m["files"]["model.sm75.plan"] == \
         hashlib.sha256((repo / "cnn" / "1" / "model.sm75.plan").read_bytes()).hexdigest()
     v = entry["validation"]
     assert v["reference"].startswith("ONNX Runtime") and [r["inputs"] for r in v["runs"]] == \
         ["profile 0 min shapes", "profile 0 opt shapes", "profile 0 max shapes"]
     assert v["atol"] == 2e-2 and v["rtol"] == 1e-2
-    # measured by validation, per run and overall: comparing anything but the plan's outputs gives 0.0 here
-    assert [r["max_abs_error"] for r in v["runs"]] == [pytest.approx(offset, abs=1e-5)] * 3
-    assert v["max_abs_error"] == pytest.approx(offset, abs=1e-5)
+    # measured by validation, per run: the plan's outputs (its FP16 graph + offset) against the FP32 graph
+    spec_model = load_spec(spec_path).models[0]
+    for run, which in zip(v["runs"], ("min", "opt", "max")):
+        feeds = synthetic_feeds(spec_model.inputs, dict(getattr(entry_profile(entry), which)), defaults.VALIDATION_SEED)
+        want = float(np.abs(run_onnx(Path(fp16["path"]), feeds)["logits"] + offset
+                            - run_onnx(cnn_dir / "cnn.onnx", feeds)["logits"]).max())
+        assert run["max_abs_error"] == pytest.approx(want, rel=1e-6) and run["max_abs_error"] > offset / 2
+    assert v["max_abs_error"] == max(r["max_abs_error"] for r in v["runs"])
     assert m["recipe"]["tolerance"] == {
         "fp16": {"atol": 2e-2, "rtol": 1e-2, "min_cosine": 0.999, "min_neighbour_overlap": None},
         "fp32": {"atol": 1e-5, "rtol": 1e-4, "min_cosine": None, "min_neighbour_overlap": None}}
@@ -126,8 +143,9 @@ def test_reproduce_sh_runs_the_same_trtexec_and_tritonkit_build(monkeypatch, spe
                            cwd=tmp_path)
         assert r.returncode == 0, r.stderr
     args = dict(a[2:].partition("=")[::2] for a in (tmp_path / "trtexec").read_text().splitlines())
-    assert (folder / args["onnx"]).resolve() == (cnn_dir / "cnn.onnx").resolve()
-    assert args["saveEngine"] == "model.sm75.plan" and args["fp16"] == ""
+    assert args["saveEngine"] == "model.sm75.plan" and args["stronglyTyped"] == "" and "fp16" not in args
+    assert (folder / args["onnx"]).resolve() == Path(manifest(repo)["plans"]["model.sm75.plan"]["onnx"]["precision"]
+                                                     ["path"]).resolve()      # the FP16 graph it was built from
     assert (args["minShapes"], args["optShapes"], args["maxShapes"]) == \
         ("image:1x3x32x32", "image:8x3x32x32", "image:16x3x32x32")
     assert args["builderOptimizationLevel"] == "3" and args["memPoolSize"] == "workspace:4096"
@@ -145,15 +163,15 @@ def test_reproduce_sh_runs_the_same_trtexec_and_tritonkit_build(monkeypatch, spe
 
 def test_render_refuses_a_plan_built_by_another_tensorrt_and_leaves_the_repository_as_it_was(
         monkeypatch, spec_path, tmp_path):
-    """A plan from TensorRT 10.8 in a 25.10 (TensorRT 10.13) repository fails with "Magic tag does not match"
-    at load time; render must refuse it by name, say how to rebuild, exit 2 and change nothing."""
+    """A plan from TensorRT 10.13 (NGC 25.10) in a 26.10 (TensorRT 11.4) repository fails with "Magic tag does not
+    match" at load time; render must refuse it by name, say how to rebuild, exit 2 and change nothing."""
     repo = tmp_path / "repo"
-    build_with_stand_in(monkeypatch, spec_path, repo, version="10.8.0.43")
+    build_with_stand_in(monkeypatch, spec_path, repo, version="10.13.3.9")
     before = tree(repo)
     r = subprocess.run([*CLI, "render", "--spec", str(spec_path), "--gpu", "T4", "--server", "ngc", "--out", str(repo)],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "cnn/1/model.sm75.plan: built with TensorRT 10.8.0.43" in r.stderr
+    assert "cnn/1/model.sm75.plan: built with TensorRT 10.13.3.9" in r.stderr
     assert f"loads plans with TensorRT {defaults.NGC_TENSORRT_VERSION}" in r.stderr
     assert f"{defaults.NGC_TENSORRT_IMAGE} tritonkit build" in r.stderr and "rm " in r.stderr
     assert tree(repo) == before
@@ -165,9 +183,9 @@ def test_render_refuses_plans_once_the_serving_release_moves_on(monkeypatch, spe
     repo = tmp_path / "repo"
     build_with_stand_in(monkeypatch, spec_path, repo)
     before = tree(repo)
-    bumped = dataclasses.replace(servers.SERVERS["ngc"], tensorrt_version="10.14.1", triton_version="2.63.0")
+    bumped = dataclasses.replace(servers.SERVERS["ngc"], tensorrt_version="11.5.0", triton_version="2.75.0")
     monkeypatch.setitem(servers.SERVERS, "ngc", bumped)
-    with pytest.raises(UserError, match="TensorRT 10.14.1") as e:
+    with pytest.raises(UserError, match="TensorRT 11.5.0") as e:
         write_repository(the_plans(spec_path), repo)
     assert f"built with TensorRT {BUILT_WITH}" in str(e.value)
     assert tree(repo) == before
@@ -206,10 +224,10 @@ def test_serve_refuses_a_mismatched_plan_with_the_rebuild_command(monkeypatch, s
     launching) must refuse a stale plan by name with the command that rebuilds it (UserError: exit 2)."""
     from tritonkit.serve import refuse_mismatched_plans
     repo = tmp_path / "repo"
-    build_with_stand_in(monkeypatch, spec_path, repo, version="10.8.0.43")
+    build_with_stand_in(monkeypatch, spec_path, repo, version="10.13.3.9")
     with pytest.raises(UserError, match="refusing to serve") as e:
         refuse_mismatched_plans(repo)
-    assert "cnn/1/model.sm75.plan: built with TensorRT 10.8.0.43" in str(e.value)
+    assert "cnn/1/model.sm75.plan: built with TensorRT 10.13.3.9" in str(e.value)
     assert f"{defaults.NGC_TENSORRT_IMAGE} tritonkit build --repo {repo}" in str(e.value)
 
 
@@ -227,7 +245,7 @@ def test_a_plan_json_of_another_format_is_refused_not_read_as_planning_no_plans(
     """A plan.json this tritonkit cannot read (an older format) must not pass as "no TensorRT models", which
     would wave a stale plan through to the server."""
     repo = tmp_path / "repo"
-    build_with_stand_in(monkeypatch, spec_path, repo, version="10.8.0.43")
+    build_with_stand_in(monkeypatch, spec_path, repo, version="10.13.3.9")
     plan_json = json.loads((repo / "plan.json").read_text())
     older = {**plan_json["plans"][0], "generator": "tritonkit"}      # format 1: one bare plan record
     with pytest.raises(UserError, match="another tritonkit version"):

@@ -1,5 +1,5 @@
 """GPU-specific decisions: torch.compile mode from SM count, TensorRT plan files per architecture,
-fleets, the ONNX Runtime TensorRT accelerator, and GPU memory."""
+fleets, the ONNX Runtime TensorRT accelerator, GPU memory, and the quantized precisions (INT8/FP8/FP4)."""
 
 from __future__ import annotations
 
@@ -134,6 +134,51 @@ def test_requested_fp8_on_t4_and_int8_without_calibration_are_refused():
     int8 = replace(SPEC, models=(replace(m, precision="int8", tolerance={**m.tolerance, "int8": m.tolerance["fp16"]}),))
     with pytest.raises(UserError, match="calibration"):
         plan(int8, declared("T4"), SERVERS["ngc"])
+
+
+def _quantizable(calibration: str | None = "/calib/texts.txt", spec=SPEC):
+    """The example spec with int8, fp8 and fp4 tolerated (the int8 one) and, by default, calibration data."""
+    m = spec.models[0]
+    tol = {**m.tolerance, "fp8": m.tolerance["int8"], "fp4": m.tolerance["int8"]}
+    return replace(spec, models=(replace(m, tolerance=tol, calibration=calibration),))
+
+
+@pytest.mark.parametrize(("gpu", "precision", "reason"), [
+    ("T4", "int8", "not fp8: Tesla T4 is cc 7.5, FP8 needs >= 8.9"),
+    ("A10G", "int8", "not fp8: A10G is cc 8.6, FP8 needs >= 8.9"),
+    ("L4", "fp8", "not fp4: L4 is cc 8.9, FP4 needs >= 10.0"),
+    ("H100", "fp8", "not fp4: H100 SXM is cc 9.0, FP4 needs >= 10.0"),
+    ("B200", "fp8", "not fp4: ModelOpt's ONNX PTQ makes no FP4 graph"),
+])
+def test_quantized_precision_follows_the_compute_capability(gpu, precision, reason):
+    """INT8 from cc 7.5, FP8 from 8.9; FP4 (10.0) never automatically, since no tool here makes an FP4 graph: the
+    fewest bits the GPU runs, the spec tolerates and the build can make."""
+    p = plan(_quantizable(), declared(gpu), SERVERS["ngc"])
+    decision = _decision(p, "minilm_encoder", "precision")
+    assert (decision.value, p.model("minilm_encoder").precision) == (precision, precision)
+    assert reason in decision.reason
+
+
+def test_quantized_precisions_need_calibration_data_and_a_tensorrt_build():
+    """Without calibration data, or without TensorRT plans to build (--no-tensorrt: ONNX Runtime's accelerator gets
+    no Q/DQ graph), INT8/FP8 are passed over with the reason, never chosen blind."""
+    p = plan(_quantizable(calibration=None), declared("H100"), SERVERS["ngc"])
+    decision = _decision(p, "minilm_encoder", "precision")
+    assert decision.value == "fp16" and "not fp8: no calibration data in the spec" in decision.reason
+    p = plan(_quantizable(), declared("H100"), SERVERS["ngc"], caps=Capabilities(tensorrt_build=False))
+    decision = _decision(p, "minilm_encoder", "precision")
+    assert decision.value == "fp16" and "the onnxruntime (tensorrt-ep) backend cannot run it" in decision.reason
+    assert plan(SPEC, declared("T4"), SERVERS["ngc"]).model("minilm_encoder").precision == "fp16"   # int8, no data
+
+
+def test_each_ngc_release_supports_the_gpus_its_release_notes_name():
+    """26.10 (the pin) and every release from 25.03 support cc >= 7.5; 24.10 still ran a V100 (cc 7.0). A render for
+    an older release must not refuse a GPU that release supports, nor a newer one accept it."""
+    from tritonkit.servers import server_target
+    assert SERVERS["ngc"].min_compute_capability == (7, 5)
+    with pytest.raises(UserError, match="does not support V100"):
+        plan(SPEC, declared("V100"), server_target("ngc", "25.07"))
+    assert plan(SPEC, declared("V100"), server_target("ngc", "24.10", allow_insecure=True)).gpu.name == "V100"
 
 
 def test_ngc_release_below_the_security_floor_is_refused_unless_overridden(tmp_path):

@@ -31,7 +31,7 @@ from tritonkit.servers import SERVERS
 from tritonkit.spec import load_spec
 from tritonkit.trt_engine import import_tensorrt, require_build_host, run_plan
 from tritonkit.trt_manifest import same_tensorrt
-from tritonkit.trt_settings import PRECISION_FLAGS, builder_settings, require_quantized
+from tritonkit.trt_settings import PRECISIONS, builder_settings, require_quantized
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = load_spec(defaults.DEFAULT_SPEC)
@@ -49,33 +49,42 @@ def cnn(tmp_path_factory):
     return folder, write_cnn_onnx(folder), load_spec(write_cnn_spec(folder))
 
 
-# --- builder settings per precision --------------------------------------------------------------
+# --- builder settings per precision (TensorRT 11: strongly typed, the ONNX carries the precision) ------------
 
-EXPECTED = {   # precision -> (flags set, flags cleared, trtexec precision flags, needs a Q/DQ graph)
-    "fp32": ((), ("TF32",), ("--noTF32",), False),
-    "tf32": (("TF32",), (), (), False),
-    "fp16": (("FP16",), (), ("--fp16",), False),
-    "bf16": (("BF16",), (), ("--bf16",), False),
-    "int8": (("INT8", "FP16"), (), ("--int8", "--fp16"), True),
-    "fp8": (("FP8", "FP16"), (), ("--fp8", "--fp16"), True),
-    "fp4": (("FP4", "FP16"), (), ("--fp4", "--fp16"), True),
+EXPECTED = {   # precision -> (how the ONNX gets it, builder flags cleared, trtexec flags, needs a Q/DQ graph)
+    "fp32": ("fp32", ("TF32",), ("--stronglyTyped", "--noTF32"), False),
+    "tf32": ("fp32", (), ("--stronglyTyped",), False),
+    "fp16": ("autocast", (), ("--stronglyTyped",), False),
+    "bf16": ("autocast", (), ("--stronglyTyped",), False),
+    "int8": ("ptq", (), ("--stronglyTyped",), True),
+    "fp8": ("ptq", (), ("--stronglyTyped",), True),
+    "fp4": ("prequantized", (), ("--stronglyTyped",), True),
 }
+# Removed in TensorRT 11 (the 10.x -> 11.x migration guide): a build or trtexec line that names one fails there.
+REMOVED_IN_11 = {"builder": {"FP16", "BF16", "INT8", "FP8", "FP4", "INT4", "OBEY_PRECISION_CONSTRAINTS",
+                             "PREFER_PRECISION_CONSTRAINTS", "DIRECT_IO"},
+                 "trtexec": {"--fp16", "--bf16", "--int8", "--fp8", "--fp4", "--int4", "--best", "--calib"}}
 
 
 @pytest.mark.parametrize("precision", sorted(EXPECTED))
-def test_precision_maps_to_builder_flags(precision):
-    """Prevents an FP16 plan silently built in FP32 (no FP16 flag), or an FP32 plan built with TF32 that then
-    misses its 1e-4 tolerance, or an INT8/FP8 plan without the Q/DQ graph TensorRT 10 needs."""
+def test_precision_maps_to_a_strongly_typed_build_of_its_onnx(precision):
+    """Prevents a TensorRT 10 weak-typing build (BuilderFlag FP16, trtexec --int8) that TensorRT 11 rejects, an FP32
+    plan built with TF32 that then misses its 1e-4 tolerance, or an INT8/FP8 plan without the Q/DQ graph it needs."""
     p, m = encoder("H100")
     s = builder_settings(p, dataclasses.replace(m, precision=precision))
-    assert (s.flags, s.cleared_flags, s.trtexec_precision, s.quantized_onnx_required) == EXPECTED[precision]
-    assert set(EXPECTED) == set(PRECISION_FLAGS)   # every precision the spec accepts has a row
+    assert (PRECISIONS[precision].onnx, s.cleared_flags, s.trtexec_flags, s.quantized_onnx_required) == \
+        EXPECTED[precision]
+    assert s.network_flags == ("STRONGLY_TYPED",) and s.onnx == PRECISIONS[precision].note
+    argv = s.trtexec_command("a.onnx", "b.plan", "c.cache")
+    assert not set(s.cleared_flags) & REMOVED_IN_11["builder"]
+    assert not {a.split("=")[0] for a in argv} & REMOVED_IN_11["trtexec"]
+    assert set(EXPECTED) == set(PRECISIONS)   # every precision the spec accepts has a row
 
 
 def test_unknown_precision_is_refused_with_the_choices():
     """A precision without a table row must fail by name, not fall through to an FP32 build."""
     p, m = encoder()
-    with pytest.raises(UserError, match="no TensorRT builder flags") as e:
+    with pytest.raises(UserError, match="no TensorRT build recipe") as e:
         builder_settings(p, dataclasses.replace(m, precision="int4"))
     assert "fp16" in str(e.value)
 
@@ -218,7 +227,7 @@ def test_trtexec_line_says_what_the_builder_was_told(precision):
     assert f["builderOptimizationLevel"] == ["3"] and f["timingCacheFile"] == ["../../.cache/t.cache"]
     assert f["memPoolSize"] == [f"workspace:{s.workspace_bytes // 2**20}"] == ["workspace:4096"]
     assert f["skipInference"] == [True]
-    assert {k for k in f if k in ("fp16", "int8", "noTF32", "bf16", "fp8")} == \
+    assert {k for k in f if k in ("fp16", "int8", "noTF32", "bf16", "fp8", "stronglyTyped", "best", "calib")} == \
         {flag[2:] for flag in EXPECTED[precision][2]}
 
 
@@ -249,34 +258,36 @@ def qdq_onnx(path: Path) -> Path:
 
 
 def test_int8_plan_from_an_unquantized_graph_is_refused(cnn, tmp_path):
-    """TensorRT 10 has no implicit INT8 calibration path worth trusting: an INT8 build of a plain FP32 graph
-    must stop and say how to quantize (Model Optimizer + the calibration data), not build FP16 silently."""
+    """TensorRT 11 has no implicit INT8 (no calibrator, no INT8 flag): an INT8 build of a plain FP32 graph must stop
+    and say how to get a Q/DQ graph (calibration data for ModelOpt), not build a plan of another precision."""
     from tritonkit.export import quantize_ops
     _, unquantized, _ = cnn
     p, m = encoder()
     s = builder_settings(p, dataclasses.replace(m, precision="int8"))
     with pytest.raises(UserError, match="explicitly quantized") as e:
-        require_quantized(s, quantize_ops(unquantized), where="cnn", calibration="/data/calib")
-    assert "modelopt" in str(e.value) and "/data/calib" in str(e.value)
-    require_quantized(s, quantize_ops(qdq_onnx(tmp_path / "qdq.onnx")), where="qdq", calibration=None)
-    require_quantized(builder_settings(p, m), {}, where="fp16 needs none", calibration=None)
+        require_quantized(s, quantize_ops(unquantized), where="cnn")
+    assert "calibration data" in str(e.value) and "ModelOpt" in str(e.value)
+    require_quantized(s, quantize_ops(qdq_onnx(tmp_path / "qdq.onnx")), where="qdq")
+    require_quantized(builder_settings(p, m), {}, where="fp16 needs none")
 
 
 # --- versions and the build host -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("built,pin,same", [("10.13.3.9", "10.13.3", True), ("10.13.3", "10.13.3", True),
-                                            ("10.13.2.6", "10.13.3", False), ("10.1.3", "10.13.3", False),
-                                            ("10.13.30.1", "10.13.3", False), (None, "10.13.3", False),
-                                            ("10.13.3.9", None, False)])
+@pytest.mark.parametrize("built,pin,same", [("11.4.0.106", "11.4.0", True), ("11.4.0", "11.4.0", True),
+                                            ("11.4.1.5", "11.4.0", False), ("11.40.0.1", "11.4.0", False),
+                                            ("10.13.3.9", "11.4.0", False), ("10.1.3", "10.13.3", False),
+                                            (None, "11.4.0", False), ("11.4.0.106", None, False)])
 def test_tensorrt_versions_match_by_the_pins_components(built, pin, same):
-    """'10.1' must not pass for '10.13' (string prefix), and a build's 4-part version must match a 3-part pin."""
+    """'10.1' must not pass for '10.13' nor '11.40' for '11.4' (string prefix), a TensorRT 10 plan is not an 11 one,
+    and a build's 4-part version must match a 3-part pin."""
     assert same_tensorrt(built, pin) is same
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks the no-TensorRT path; this host has TensorRT")
 def test_build_without_tensorrt_stops_before_any_work_and_names_the_container(cnn, tmp_path):
-    """`tritonkit build` of an NGC repository on a host without TensorRT must exit 2 with the container command, before
-    exporting or writing anything (not a traceback, not a half-built repository)."""
+    """`tritonkit build` of an NGC repository (an FP16 plan) on a host without TensorRT must exit 2 with the container
+    command, before exporting or writing anything (not a traceback, not a half-built repository). INT8/FP8 plans
+    first get their Q/DQ graph made and gated: tests/test_qdq.py."""
     folder, *_ = cnn
     spec, repo = write_cnn_spec(folder, name="cli.yaml"), tmp_path / "repo"
     cli = [sys.executable, "-m", "tritonkit.cli"]
@@ -290,6 +301,7 @@ def test_build_without_tensorrt_stops_before_any_work_and_names_the_container(cn
     assert f"{defaults.NGC_TENSORRT_IMAGE} tritonkit build --repo {repo}" in r.stderr
     assert "--no-tensorrt" in r.stderr                 # the explicit fallback: re-plan with ONNX Runtime
     assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before
+    assert not (tmp_path / ".cache").exists()
 
 
 def fake_tensorrt(monkeypatch, version: str):
@@ -300,12 +312,12 @@ def fake_tensorrt(monkeypatch, version: str):
 
 
 def test_build_host_with_another_tensorrt_is_refused(monkeypatch):
-    """A plan built by TensorRT 10.8 fails to load in Triton 25.10 (TensorRT 10.13): refuse to build it at all."""
-    fake_tensorrt(monkeypatch, "10.8.0.43")
+    """A plan built by TensorRT 10.13 (NGC 25.10) fails to load in Triton 26.10 (TensorRT 11.4): refuse to build it."""
+    fake_tensorrt(monkeypatch, "10.13.3.9")
     p, _ = encoder()
     with pytest.raises(UserError, match="cannot load") as e:
         require_build_host(p, [(7, 5)])
-    assert "10.8.0.43" in str(e.value) and defaults.NGC_TENSORRT_VERSION in str(e.value)
+    assert "10.13.3.9" in str(e.value) and defaults.NGC_TENSORRT_VERSION in str(e.value)
     assert defaults.NGC_TENSORRT_IMAGE in str(e.value)
 
 
@@ -328,6 +340,23 @@ def test_build_host_without_gpu_or_with_another_architecture_is_refused(monkeypa
     host = require_build_host(p, [(7, 5)])
     assert host.gpu == other_t4_class != p.gpu
     assert host.tensorrt_version == defaults.NGC_TENSORRT_VERSION + ".9"     # what it runs, not the pin
+
+
+def test_network_flags_are_the_members_this_tensorrt_has_or_a_refusal():
+    """The strongly typed network is asked for by the enum member's bit (TensorRT's `1 << int(flag)`); a TensorRT
+    without the member (older than 9) must be refused naming the image, not fail as an AttributeError mid-build."""
+    import enum
+
+    from tritonkit.trt_engine import _bits
+    p, m = encoder()
+    s = builder_settings(p, m)
+    trt = types.SimpleNamespace(__version__="8.6.1")
+    flags = enum.IntEnum("NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1})
+    assert _bits(trt, flags, s.network_flags, s) == 2
+    older = enum.IntEnum("NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0})
+    with pytest.raises(UserError, match="no NetworkDefinitionCreationFlag.STRONGLY_TYPED") as e:
+        _bits(trt, older, s.network_flags, s)
+    assert "8.6.1" in str(e.value) and defaults.NGC_TENSORRT_IMAGE in str(e.value)
 
 
 def test_placeholder_tensorrt_package_is_recognised(monkeypatch):

@@ -4,13 +4,15 @@ cannot be installed.
 Only these are replaced: ``require_build_host`` (which TensorRT and GPU this host has),
 ``build_engine`` (writes a small "plan" file that records its settings instead of an engine) and
 ``run_plan`` (answers with ONNX Runtime's outputs for the ONNX the plan was built from, optionally
-changed by ``perturb`` to play a plan of lower precision). Everything around them is tritonkit's real
-code: builder settings, the ONNX export and checks, the Q/DQ check, validation against ONNX Runtime
-with the plan's tolerance, staging, build.json, reproduce.sh, and the render/serve refusals. Tests
-that need the real engine are in tests/test_tensorrt.py and run where ``tensorrt`` imports.
+changed by ``perturb``). Everything around them is tritonkit's real code: builder settings, the ONNX export
+and checks, the plan's ONNX in its precision (ModelOpt AutoCast / Q/DQ, tritonkit/qdq.py), the Q/DQ check,
+validation against ONNX Runtime on the FP32 graph with the plan's tolerance, staging, build.json,
+reproduce.sh, and the render/serve refusals. Tests that need the real engine are in tests/test_tensorrt.py
+and run where ``tensorrt`` imports.
 
-Unperturbed, "running" a plan returns exactly the reference outputs, so validation measures 0.0 whatever
-it compares: a test of the measured error must perturb by a known amount and assert that amount.
+"Running" a plan answers what its ONNX computes: for an FP32 plan exactly the reference (validation
+measures 0.0), for an FP16 plan the AutoCast graph's own rounding. A test of the measured error must
+perturb by a known amount and compare with what that ONNX itself gives.
 
 The graph those builds start from is tests/tiny_models.write_cnn_onnx: the tiny CNN's signature (its
 CNN_SPEC) built with onnx.helper, so these tests export nothing with torch and stay in the fast suite.
@@ -23,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tritonkit import defaults
 from tritonkit.catalogue import CATALOGUE, GPU
 
 
 @dataclass
 class StandIn:
-    version: str = "10.13.3.9"                     # what `tensorrt.__version__` would say
+    version: str = defaults.NGC_TENSORRT_VERSION + ".106"   # what `tensorrt.__version__` would say
     gpu: GPU = CATALOGUE["tesla t4"]               # CUDA device 0 of the build host
     perturb: Callable[[dict], dict] = lambda outputs: outputs
     builds: list = field(default_factory=list)     # (settings, onnx path) per build_engine call

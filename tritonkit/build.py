@@ -12,15 +12,18 @@ is not rebuilt.
 | python (tokenizers)         | tokenizer.json ...  | loads in `tokenizers` (tokenizer_files.copy_tokenizer)         |
 | onnxruntime / python (ort)  | model.onnx          | sentence-transformers source: export + onnx.checker + values vs |
 |                             |                     | SentenceTransformer.encode; onnx source: signature + a run     |
-| tensorrt                    | model.sm<cc>.plan   | the ONNX above, then the plan vs ONNX Runtime on the same      |
-|                             |                     | inputs with the tolerance of the plan's precision              |
+| tensorrt                    | model.sm<cc>.plan   | the ONNX above in the plan's precision (qdq.py: AutoCast, or   |
+|                             |                     | calibrated Q/DQ gated on the CPU), then the plan vs ONNX       |
+|                             |                     | Runtime on the same inputs with the precision's tolerance      |
 | pytorch                     | model.pt            | loads with torch.jit.load and runs at the spec's min/opt shapes |
 | python (torch)              | hf/ weights         | saved in the plan's precision, run as model.py runs them, vs    |
 |                             |                     | SentenceTransformer.encode (tritonkit.torch_export)            |
 
 TensorRT plans are built only where the serving release's TensorRT runs on a GPU of the target
-architecture (`tensorrt.require_build_host`); anywhere else the build stops before doing any work,
-with a UserError that names the container command (docker compose: the `trt-build` service).
+architecture (`trt_engine.require_build_host`); anywhere else the build stops with a UserError that names the
+container command (docker compose: the `trt-build` service). What needs no TensorRT comes first: an INT8/FP8
+plan's Q/DQ ONNX (TensorRT 11 takes the precision from it) is calibrated and gated on any host and recorded in
+build.json ("prepared") before that check, so the container only compiles it.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class BuildContext:
     step: Callable[[str], None] = lambda text: None
     on_phase: Callable[[str, int, int], None] | None = None
     trtexec: list[str] | None = field(default=None)   # set by the TensorRT builder for reproduce.sh
+    prepared: dict | None = None    # TensorRT: the plan's ONNX, made before the build host was checked
 
     @property
     def cache_dir(self) -> Path:
@@ -298,19 +302,41 @@ def _plan_feeds(ctx: BuildContext, settings) -> list[tuple[str, dict]]:
             for which in ("min", "opt", "max")]
 
 
+def _tensorrt_recipe(plan: Plan, model: TritonModel, spec_model: ModelSpec) -> dict:
+    """What a plan adds to the recipe: the builder's settings and what decides its ONNX (qdq.recipe checks the
+    calibration data, so a bad file stops the build before any work)."""
+    from .qdq import recipe
+    from .trt_settings import builder_settings
+    return {"tensorrt": builder_settings(plan, model).record(), "onnx_precision": recipe(model.precision, spec_model)}
+
+
+def _prepare_tensorrt(ctx: BuildContext, fp32_record: dict | None = None) -> dict:
+    """The part of a TensorRT build that needs no TensorRT: the FP32 graph (``fp32_record``: already made for another
+    plan of the model), and from it the ONNX in the plan's precision (qdq.py: AutoCast, or Q/DQ gated on the CPU).
+    build() runs it before checking the build host."""
+    from .qdq import precision_onnx
+    if fp32_record is None:
+        fp32, fp32_record = _fp32_onnx(ctx)
+        fp32_record.update({"path": str(fp32), "sha256": sha256(fp32)})
+    fp32 = Path(fp32_record["path"])
+    onnx_path, record = precision_onnx(ctx.model.precision, fp32, ctx.spec_model, ctx.source, ctx.cache_dir / "onnx",
+                                       f"{ctx.model.name}-{ctx.source_sha256[:12]}", step=ctx.step)
+    return {"fp32": fp32_record, "precision": record}
+
+
 def _build_tensorrt(ctx: BuildContext) -> dict:
     from . import trt_engine as E   # looked up at call time: tests/trt_stand_in.py replaces the engine here
-    from .trt_manifest import plan_entry
-    from .trt_settings import builder_settings, require_quantized
     from .compare import compare_outputs, run_onnx
     from .export import quantize_ops
+    from .trt_manifest import plan_entry
+    from .trt_settings import builder_settings, require_quantized
     settings = builder_settings(ctx.plan, ctx.model)
     if ctx.host is None:   # build() checks the host first; a direct call without one is our bug
         raise AssertionError("TensorRT build without a checked build host")
     sm = ctx.spec_model
-    onnx_path, onnx_record = _fp32_onnx(ctx)
-    onnx_record.update({"path": str(onnx_path), "sha256": sha256(onnx_path)})
-    require_quantized(settings, quantize_ops(onnx_path), where=f"{sm.name}: {onnx_path}", calibration=sm.calibration)
+    onnx_record = ctx.prepared or _prepare_tensorrt(ctx)
+    fp32_path, onnx_path = Path(onnx_record["fp32"]["path"]), Path(onnx_record["precision"]["path"])
+    require_quantized(settings, quantize_ops(onnx_path), where=f"{sm.name}: {onnx_path}")
     plan_path = ctx.stage / settings.plan_file
     cache_path = ctx.cache_dir / settings.timing_cache
     ctx.step(f"building {settings.plan_file} ({settings.precision.upper()}, TensorRT {ctx.host.tensorrt_version}, "
@@ -320,7 +346,7 @@ def _build_tensorrt(ctx: BuildContext) -> dict:
     tol = sm.tolerance[settings.precision]
     runs, worst = [], None
     for what, feeds in _plan_feeds(ctx, settings):
-        check = compare_outputs(run_onnx(onnx_path, feeds), E.run_plan(plan_path, feeds), atol=tol.atol, rtol=tol.rtol,
+        check = compare_outputs(run_onnx(fp32_path, feeds), E.run_plan(plan_path, feeds), atol=tol.atol, rtol=tol.rtol,
                                 min_cosine=tol.min_cosine or 0.0)
         runs.append({"inputs": what, "max_abs_error": check.max_abs_error, "min_cosine": check.min_cosine,
                      "passed": check.passed})
@@ -333,19 +359,19 @@ def _build_tensorrt(ctx: BuildContext) -> dict:
                             fix="choose a wider precision (precision: fp32 or auto without this precision's "
                                 "tolerance), or loosen the tolerance only if that error is acceptable")
         worst = check if worst is None or check.max_abs_error > worst.max_abs_error else worst
-    validation = {"reference": "ONNX Runtime (CPU, FP32) on the same inputs", "runs": runs,
+    validation = {"reference": "ONNX Runtime (CPU) on the FP32 graph, same inputs", "runs": runs,
                   "max_abs_error": worst.max_abs_error, "min_cosine": min(r["min_cosine"] for r in runs),
                   "atol": tol.atol, "rtol": tol.rtol, "min_cosine_required": tol.min_cosine}
     folder_rel = ctx.folder.resolve()
     ctx.trtexec = settings.trtexec_command(os.path.relpath(onnx_path.resolve(), folder_rel), settings.plan_file,
                                            os.path.relpath(cache_path.resolve(), folder_rel))
     entry = plan_entry(settings, tensorrt_version=engine.tensorrt_version, gpu_name=ctx.host.gpu.name,
-                         sha256=sha256(plan_path), onnx=onnx_record, validation=validation,
-                         engine={"seconds": round(engine.seconds, 1), "timing_cache": engine.timing_cache,
-                                 "profiles": engine.profiles, "io": engine.io, "size_bytes": engine.size_bytes},
-                         recipe={})     # filled by build_model (the recipe it checked)
+                       sha256=sha256(plan_path), onnx=onnx_record, validation=validation,
+                       engine={"seconds": round(engine.seconds, 1), "timing_cache": engine.timing_cache,
+                               "profiles": engine.profiles, "io": engine.io, "size_bytes": engine.size_bytes},
+                       recipe={})     # filled by build_model (the recipe it checked)
     entry["trtexec"] = shlex.join(ctx.trtexec)   # kept per plan: reproduce.sh holds the latest build's only
-    return {"tool": f"TensorRT Python API {engine.tensorrt_version} (builder + ONNX parser)", "plans": {
+    return {"tool": f"TensorRT Python API {engine.tensorrt_version} (strongly typed network, ONNX parser)", "plans": {
         settings.plan_file: entry}, "validation": validation,
         "trtexec": shlex.join(ctx.trtexec)}
 
@@ -417,7 +443,7 @@ def _staged_files(stage: Path) -> list[str]:
 def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Path, force: bool = False, *,
                 host=None, step: Callable[[str], None] = lambda text: None,
                 on_phase: Callable[[str, int, int], None] | None = None,
-                source: tuple[Path, str] | None = None) -> BuildResult:
+                source: tuple[Path, str] | None = None, prepared: dict | None = None) -> BuildResult:
     folder = repo / model.name / VERSION
     started = time.perf_counter()
     src, src_sha = source or _source_of(spec_model)
@@ -427,7 +453,7 @@ def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Pat
     if model.backend == "tensorrt":
         from .trt_settings import builder_settings
         settings = builder_settings(plan, model)
-        recipe["tensorrt"] = settings.record()
+        recipe.update(_tensorrt_recipe(plan, model, spec_model))
         plan_file, names = settings.plan_file, (settings.plan_file,)
     if not force and _is_current(folder, names, recipe, plan_file):
         return BuildResult(model.name, names, "current", 0.0, "(manifest matches the plan)")
@@ -437,7 +463,7 @@ def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Pat
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     ctx = BuildContext(plan=plan, model=model, spec_model=spec_model, repo=Path(repo), folder=folder, stage=stage,
-                       source=src, source_sha256=src_sha, host=host, step=step, on_phase=on_phase)
+                       source=src, source_sha256=src_sha, host=host, step=step, on_phase=on_phase, prepared=prepared)
     try:
         record = builder(ctx)
         files = {name: sha256(stage / name) for name in _staged_files(stage)}
@@ -542,13 +568,27 @@ def build(repo: Path, *, force: bool = False, progress: bool = True, spec: Spec 
     jobs = _jobs(plans)
     for p, m in jobs:   # every recipe's inputs (e.g. INT8 gate data) readable before any artifact changes
         _recipe(m, spec.model(m.source_model), sources[m.source_model][1], p)
-    host, skipped = None, {}
+        if m.backend == "tensorrt":     # calibration data too
+            _tensorrt_recipe(p, m, spec.model(m.source_model))
+    host, skipped, prepared = None, {}, {}
     trt_jobs = [(p, m) for p, m in jobs if m.backend == "tensorrt" and (force or not _plan_current(p, m, spec, repo,
                                                                                                   sources))]
     if trt_jobs:
         from . import trt_engine
-        host = trt_engine.require_build_host(plans[0], sorted({tuple(p.gpu.compute_capability) for p, _ in trt_jobs if p.gpu}),
-                                  repo=repo)
+        from .trt_settings import PRECISIONS
+        fp32: dict[str, dict] = {}
+        # Calibrating and gating a Q/DQ graph needs no TensorRT and no GPU: it is done (and recorded) on any host, so
+        # the TensorRT container only compiles. Other plans' ONNX is quick to make there, so nothing precedes the check.
+        for p, m in (job for job in trt_jobs if PRECISIONS[job[1].precision].onnx == "ptq"):
+            ctx = _preparing(p, m, spec.model(m.source_model), repo, sources[m.source_model], progress)
+            prepared[_plan_key(p, m)] = _prepare_tensorrt(ctx, fp32.get(m.name))
+            fp32[m.name] = prepared[_plan_key(p, m)]["fp32"]
+        try:
+            host = trt_engine.require_build_host(
+                plans[0], sorted({tuple(p.gpu.compute_capability) for p, _ in trt_jobs if p.gpu}), repo=repo)
+        except UserError as refusal:
+            raise _compile_elsewhere(refusal, repo, [j for j in trt_jobs if _plan_key(*j) in prepared], prepared) \
+                from None
         for p, m in trt_jobs:
             if tuple(p.gpu.compute_capability) != tuple(host.gpu.compute_capability):
                 skipped[(m.name, tuple(p.gpu.compute_capability))] = p
@@ -573,10 +613,49 @@ def build(repo: Path, *, force: bool = False, progress: bool = True, spec: Spec 
             bar.update(task, description=head)
             results.append(build_model(p, m, spec.model(m.source_model), repo, force=force, host=host,
                                        step=lambda text, head=head: bar.update(task, description=f"{head}: {text}"),
-                                       on_phase=on_phase, source=sources[m.source_model]))
+                                       on_phase=on_phase, source=sources[m.source_model],
+                                       prepared=prepared.get((m.name, cc))))
             bar.update(phase, visible=False)
             bar.advance(task)
     return results
+
+
+def _plan_key(plan: Plan, model: TritonModel) -> tuple:
+    return model.name, tuple(plan.gpu.compute_capability)
+
+
+def _preparing(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Path, source: tuple[Path, str],
+               progress: bool) -> BuildContext:
+    """A context for _prepare_tensorrt, which writes only to the cache (nothing is staged)."""
+    folder = Path(repo) / model.name / VERSION
+    say = (lambda text: print(f"{model.name}: {text}", file=sys.stderr, flush=True)) if progress else (lambda _: None)
+    return BuildContext(plan=plan, model=model, spec_model=spec_model, repo=Path(repo), folder=folder, stage=folder,
+                        source=source[0], source_sha256=source[1], step=say)
+
+
+def _compile_elsewhere(refusal: UserError, repo: Path, jobs: list, prepared: dict) -> UserError:
+    """The build host's refusal, once what was made here is recorded in each model's build.json ("prepared": the
+    plan's ONNX and its gate; the plan itself is not built here, so nothing about it is verified)."""
+    from .qdq import summary
+    from .trt_settings import builder_settings
+    if not jobs:
+        return refusal
+    made = []
+    for p, m in jobs:
+        settings, record = builder_settings(p, m), prepared[_plan_key(p, m)]
+        folder = Path(repo) / m.name / VERSION
+        manifest = _read_manifest(folder)
+        manifest.setdefault("prepared", {})[settings.plan_file] = {
+            "onnx": record, "plan": f"not built: {refusal.what}", "tensorrt": settings.tensorrt_version,
+            "build_image": settings.build_image, "compute_capability": settings.cc}
+        folder.mkdir(parents=True, exist_ok=True)
+        staged = folder / f".{MANIFEST}.{os.getpid()}"
+        staged.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.replace(staged, folder / MANIFEST)
+        made.append(f"{m.name}/{VERSION}/{settings.plan_file}: {summary(settings.precision, record['precision'])}")
+    return UserError(f"{refusal.what}\n  made here and recorded in build.json (no plan is built here, so none is "
+                     "verified):\n" + "\n".join(f"    {line}" for line in made),
+                     where=refusal.where, actual=refusal.actual, expected=refusal.expected, fix=refusal.fix)
 
 
 def _plan_current(plan: Plan, model: TritonModel, spec: Spec, repo: Path, sources: dict) -> bool:
@@ -584,5 +663,5 @@ def _plan_current(plan: Plan, model: TritonModel, spec: Spec, repo: Path, source
     spec_model = spec.model(model.source_model)
     settings = builder_settings(plan, model)
     recipe = _recipe(model, spec_model, sources[model.source_model][1], plan)
-    recipe["tensorrt"] = settings.record()
+    recipe.update(_tensorrt_recipe(plan, model, spec_model))
     return _is_current(repo / model.name / VERSION, (settings.plan_file,), recipe, settings.plan_file)

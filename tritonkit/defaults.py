@@ -7,11 +7,19 @@ from pathlib import Path
 # --- Pins that must match each other -------------------------------------------------------------
 # NGC release used for the serving image and the TensorRT build image: plans built in
 # tensorrt:<release> load in tritonserver:<release> and nowhere else.
-NGC_RELEASE = "25.10"
+# 26.10: CUDA 13.4.3, compute capability 7.5 and later
+# (https://docs.nvidia.com/deeplearning/triton-inference-server/release-notes/rel-26-10.html).
+NGC_RELEASE = "26.10"
 NGC_TRITON_IMAGE = f"nvcr.io/nvidia/tritonserver:{NGC_RELEASE}-py3"
 NGC_TENSORRT_IMAGE = f"nvcr.io/nvidia/tensorrt:{NGC_RELEASE}-py3"
-NGC_TRITON_VERSION = "2.62.0"      # server version inside NGC_TRITON_IMAGE
-NGC_TENSORRT_VERSION = "10.13.3"   # TensorRT inside both NGC images of NGC_RELEASE
+# Server version inside NGC_TRITON_IMAGE: Triton's monthly releases number 2.N for container YY.MM (r26.08 is
+# 2.72.0; the main branch "tracks 2.73.0 / 26.09", triton-inference-server/server#8931), so 26.10 is 2.74.0.
+NGC_TRITON_VERSION = "2.74.0"
+# TensorRT inside both NGC images of NGC_RELEASE: 11.4.0, the TensorRT built against CUDA 13.4 when 26.10 came
+# out (https://docs.nvidia.com/deeplearning/tensorrt/latest/getting-started/release-notes-11/11.4.0.html;
+# PyPI tensorrt 11.4.0.106). Not read from the image here (no registry is reachable): a build by any other
+# TensorRT is refused (trt_engine.require_build_host), so a wrong pin fails loudly in the container.
+NGC_TENSORRT_VERSION = "11.4.0"
 # First NGC release with the fixes of NVIDIA's 2025 Triton security bulletins (CVE-2025-23310/23317/
 # 23319 and others, fixed in 25.07): rendering for an older release is refused unless overridden.
 NGC_SECURE_FLOOR = "25.07"
@@ -97,6 +105,18 @@ TRT_WORKSPACE_MEMORY_SHARE = 0.25
 TRT_CACHE_DIR = ".cache/tritonkit"
 # Seed of the synthetic inputs a plan is validated on when the spec has no real ones (non-text models).
 VALIDATION_SEED = 0
+# The INT8/FP8 Q/DQ graph TensorRT 11 builds from (tritonkit/qdq.py: NVIDIA ModelOpt ONNX PTQ, then gated on the CPU).
+# Chosen by measurement on MiniLM-L6 (30 calibration sentences deploy/sentences.txt + the 4 held-out validation
+# sentences, gate of tolerance.int8 vs SentenceTransformer.encode: min cosine 0.99, neighbour overlap 0.9):
+# - only the GEMM-like ops get Q/DQ (TensorRT's INT8/FP8 kernels): ModelOpt's default INT8 set (Add, Mul too, so the
+#   residual stream) gave min cosine 0.772;
+# - "max" calibration: 0.962 before any op was kept, 7 ops kept to pass (0.9902); "entropy": 0.970, but 8 kept to
+#   pass (0.9908). Percentile is no option of ModelOpt's ONNX PTQ;
+# - ops left unquantized are FP16 in the graph, which TensorRT 11 obeys: FP32 there would make the INT8 plan slower
+#   than the FP16 plan it replaces (and needed 8 kept ops instead of 7).
+QDQ_OP_TYPES = ("MatMul", "Gemm", "Conv")
+QDQ_CALIBRATION_METHOD = "max"
+QDQ_HIGH_PRECISION = "fp16"
 
 # --- Reliability ---------------------------------------------------------------------------------
 # `tritonkit serve` watches what tritonserver 2.51 does not report: a python backend stub that died

@@ -50,7 +50,8 @@ BACKENDS = (
                "TensorRT plan: the fastest engine on NVIDIA GPUs; built in the TensorRT container of the serving "
                "release so its TensorRT matches"),
     # The TensorRT execution accelerator takes FP16/INT8 through its precision_mode.
-    BackendRow("onnxruntime", "tensorrt-ep", True, _ONNXABLE, True, False, frozenset({"fp32", "fp16", "int8"}),
+    # INT8 there would need the accelerator's own calibration table, which the kit does not make: not offered.
+    BackendRow("onnxruntime", "tensorrt-ep", True, _ONNXABLE, True, False, frozenset({"fp32", "fp16"}),
                "onnx", ("model.onnx",),
                "no TensorRT build for this target: ONNX Runtime backend with the TensorRT execution accelerator "
                "(engines built at load time by the server's own TensorRT, precision from the plan)"),
@@ -84,9 +85,12 @@ def choose_backend(model: ModelSpec, server: ServerTarget, gpu: GPU | None, caps
 
 # --- precision -------------------------------------------------------------------------------------
 
-# Order tried when the spec says "auto": FP16 first (10 mantissa bits, best-supported reduced precision
-# in TensorRT and Triton), BF16 next (range of FP32, for models that overflow FP16), FP32 last.
-AUTO_PRECISION_ORDER = ("fp16", "bf16", "fp32")
+# Order tried when the spec says "auto". First the quantized precisions, fewest bits first, each only where the
+# spec gives its tolerance and calibration data: FP4 (Blackwell, cc 10.0), FP8 (Ada/Hopper, cc 8.9), INT8 (Tensor
+# Cores since Turing, cc 7.5: NGC 26.10 supports nothing older); the build proves each against its tolerance.
+# Then FP16 (10 mantissa bits, best-supported reduced precision in TensorRT and Triton), BF16 (range of FP32, for
+# models that overflow FP16), FP32 last.
+AUTO_PRECISION_ORDER = ("fp4", "fp8", "int8", "fp16", "bf16", "fp32")
 # Not chosen automatically on a GPU seen through a CUDA MPS thread limit: on an H100 at
 # CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30 (driver 580.159, torch 2.11+cu130), a plain FP16 GEMM (64x384 @ 384x1152)
 # returned NaN and the MiniLM encoder's FP16 output had min cosine 0.065 vs FP32 (BF16 likewise), while the
@@ -95,6 +99,8 @@ MPS_UNSAFE_PRECISIONS = frozenset({"fp16", "bf16"})
 # Precisions that change the numbers enough to need calibration data or a pre-quantized model (on a GPU; on a
 # CPU INT8 is ONNX Runtime's dynamic quantization: activations are scaled per batch at run time, no calibration).
 NEEDS_CALIBRATION = frozenset({"int8", "fp8", "fp4"})
+# Build steps that quantize a graph for a GPU from calibration data (qdq.py: ModelOpt PTQ, gated on the CPU).
+QDQ_BUILDERS = frozenset({"tensorrt"})
 # CPU instructions ONNX Runtime's INT8 GEMMs use, best first (hardware.CPU_FEATURES names -> what people call
 # them). Without VNNI/AMX the AVX2 kernel multiplies u8 x s8 pairs into saturating int16 sums, so weights are
 # quantized to 7 bits there (ONNX Runtime's reduce_range); the gate of tolerance.int8 proves either.
@@ -158,10 +164,12 @@ def choose_precision(model: ModelSpec, row: BackendRow, gpu: GPU | None,
                             expected="calibration: <path>", fix="add calibration data or use precision: auto")
         return p, f"requested in the spec; {device} supports it and tolerance.{p} will validate it"
     why_not = {}
-    for p in AUTO_PRECISION_ORDER:
-        why_not[p] = _refusal(p, model, supported, gpu, backend)
+    # a quantized precision the spec gives no tolerance for is not a candidate at all (and not worth a reason)
+    candidates = [p for p in AUTO_PRECISION_ORDER if p not in NEEDS_CALIBRATION or p in model.tolerance]
+    for p in candidates:
+        why_not[p] = _refusal(p, model, row, gpu)
         if why_not[p] is None:
-            skipped = "; ".join(f"not {q}: {why_not[q]}" for q in AUTO_PRECISION_ORDER[:AUTO_PRECISION_ORDER.index(p)])
+            skipped = "; ".join(f"not {q}: {why_not[q]}" for q in candidates[:candidates.index(p)])
             return p, f"{p.upper()} on {gpu.name} (cc {gpu.cc:.1f}): fastest precision the spec tolerates" + \
                 (f" ({skipped})" if skipped else "")
     raise UserError("no precision is both supported here and allowed by the spec's tolerance",
@@ -170,14 +178,22 @@ def choose_precision(model: ModelSpec, row: BackendRow, gpu: GPU | None,
                     fix="add a tolerance for a precision this GPU supports (fp32 always is)")
 
 
-def _refusal(p: str, model: ModelSpec, supported: frozenset[str], gpu: GPU, backend: str) -> str | None:
+def _refusal(p: str, model: ModelSpec, row: BackendRow, gpu: GPU) -> str | None:
     """Why precision p cannot be chosen automatically, or None if it can."""
+    from .trt_settings import PRECISIONS
     if p not in model.tolerance:
         return "no tolerance for it in the spec"
-    if p not in supported:
-        return f"the {backend} backend cannot run it"
+    if p not in row.precisions:
+        return f"the {row.label} backend cannot run it"
     if gpu.compute_capability < PRECISION_MIN_CC[p]:
         return f"{gpu.name} is cc {gpu.cc:.1f}, {p.upper()} needs >= {'.'.join(map(str, PRECISION_MIN_CC[p]))}"
+    if p in NEEDS_CALIBRATION and model.calibration is None:
+        return "no calibration data in the spec to quantize with (calibration: {path: texts.txt | data.npz})"
+    if p in NEEDS_CALIBRATION and row.builder not in QDQ_BUILDERS:
+        return f"the {row.label} backend gets no calibrated Q/DQ graph built (TensorRT plans do)"
+    if p in NEEDS_CALIBRATION and PRECISIONS[p].onnx != "ptq":
+        return (f"ModelOpt's ONNX PTQ makes no {p.upper()} graph (modes int8, fp8, int4); request it with a source "
+                f"ONNX already quantized to {p.upper()}")
     if gpu.mps_limited and p in MPS_UNSAFE_PRECISIONS:
         return (f"the GPU's SMs are limited by CUDA MPS, where {p.upper()} cuBLAS GEMMs returned NaN or wrong values "
                 "on an H100 (driver 580, CUDA 13.0); ask for it in the spec to try it (the build validates it)")

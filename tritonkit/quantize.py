@@ -143,7 +143,7 @@ def quantize_gated(fp32: Path, out: Path, *, reduce_range: bool, judge: Callable
             quantize(fp32, out, reduce_range=reduce_range, only=(n,))
             sensitivity.append((1.0 - judge(out).min_cosine, n))
         sensitivity.sort(reverse=True)
-        for k in range(1, max(1, int(len(nodes) * MAX_FP32_SHARE)) + 1):
+        for k in range(1, int(len(nodes) * MAX_FP32_SHARE) + 1):   # a model of 1-3 MatMuls keeps none in FP32
             kept = tuple(n for _, n in sensitivity[:k])
             quantize(fp32, out, reduce_range=reduce_range, exclude=kept)
             result = judge(out)

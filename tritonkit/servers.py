@@ -19,20 +19,15 @@ class ServerTarget:
     min_compute_capability: tuple[int, int] = (0, 0)   # oldest GPU the server's CUDA build supports
 
 
-SERVERS: dict[str, ServerTarget] = {
-    "ngc": ServerTarget(
-        name="ngc", triton_version=defaults.NGC_TRITON_VERSION,
-        backends=frozenset({"tensorrt", "onnxruntime", "pytorch", "python", "ensemble"}),
-        image=defaults.NGC_TRITON_IMAGE, tensorrt_version=defaults.NGC_TENSORRT_VERSION, development_only=False,
-        note=f"NGC {defaults.NGC_TRITON_IMAGE}; plans are built in {defaults.NGC_TENSORRT_IMAGE} (same TensorRT)",
-        # Triton 25.10 release notes: "supports CUDA compute capability 7.5 and later"
-        min_compute_capability=(7, 5)),
-    "embedded": ServerTarget(
-        name="embedded", triton_version=defaults.EMBEDDED_TRITON_VERSION,
-        backends=frozenset({"python", "ensemble"}), image=None, tensorrt_version=None, development_only=True,
-        note=f"tritonserver {defaults.EMBEDDED_TRITON_VERSION} from the PyPI wheel nvidia-pytriton (python backend "
-             "only); development/CI use: it predates the 2025 Triton security fixes"),
-}
+# Oldest GPU each NGC release supports, from its release notes' "GPU Requirements" ("Release YY.MM supports CUDA
+# compute capability X and later"), newest first; a release takes the first row at or below it.
+# 25.03 .. 26.10: 7.5 (docs.nvidia.com/deeplearning/triton-inference-server/release-notes/rel-25-03.html ... rel-26-10.html)
+# 24.10 and before: 6.0 (.../rel-24-10.html); 24.11-25.02 were not checked and are taken as 24.10.
+NGC_MIN_COMPUTE_CAPABILITY = (((25, 3), (7, 5)), ((0, 0), (6, 0)))
+
+
+def min_compute_capability(release: tuple[int, int]) -> tuple[int, int]:
+    return next(cc for first, cc in NGC_MIN_COMPUTE_CAPABILITY if release >= first)
 
 
 def _release(text: str) -> tuple[int, int]:
@@ -41,8 +36,24 @@ def _release(text: str) -> tuple[int, int]:
     from .errors import UserError
     m = re.fullmatch(r"(\d{2})\.(\d{2})", text)
     if not m:
-        raise UserError("not an NGC release", where="--ngc-release", actual=text, expected="YY.MM, e.g. 25.10")
+        raise UserError("not an NGC release", where="--ngc-release", actual=text, expected="YY.MM, e.g. 26.10")
     return int(m.group(1)), int(m.group(2))
+
+
+SERVERS: dict[str, ServerTarget] = {
+    "ngc": ServerTarget(
+        name="ngc", triton_version=defaults.NGC_TRITON_VERSION,
+        backends=frozenset({"tensorrt", "onnxruntime", "pytorch", "python", "ensemble"}),
+        image=defaults.NGC_TRITON_IMAGE, tensorrt_version=defaults.NGC_TENSORRT_VERSION, development_only=False,
+        note=f"NGC {defaults.NGC_TRITON_IMAGE}; plans are built in {defaults.NGC_TENSORRT_IMAGE} (same TensorRT "
+             f"{defaults.NGC_TENSORRT_VERSION})",
+        min_compute_capability=min_compute_capability(_release(defaults.NGC_RELEASE))),
+    "embedded": ServerTarget(
+        name="embedded", triton_version=defaults.EMBEDDED_TRITON_VERSION,
+        backends=frozenset({"python", "ensemble"}), image=None, tensorrt_version=None, development_only=True,
+        note=f"tritonserver {defaults.EMBEDDED_TRITON_VERSION} from the PyPI wheel nvidia-pytriton (python backend "
+             "only); development/CI use: it predates the 2025 Triton security fixes"),
+}
 
 
 def server_target(name: str, ngc_release: str | None = None, allow_insecure: bool = False) -> ServerTarget:
@@ -64,5 +75,6 @@ def server_target(name: str, ngc_release: str | None = None, allow_insecure: boo
     image = f"nvcr.io/nvidia/tritonserver:{ngc_release}-py3"
     insecure = " BELOW THE SECURITY FLOOR (overridden)" if _release(ngc_release) < _release(defaults.NGC_SECURE_FLOOR) else ""
     return replace(target, image=image, triton_version=f"unknown ({ngc_release})", tensorrt_version=None,
+                   min_compute_capability=min_compute_capability(_release(ngc_release)),
                    note=f"NGC {image}{insecure}; not the pinned {defaults.NGC_RELEASE}: its TensorRT version is not "
                         "verified here, so no TensorRT plans are built for it")

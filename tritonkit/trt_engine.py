@@ -1,7 +1,8 @@
 """Builder settings -> plan file, and plan -> outputs: the TensorRT Python API (needs ``tensorrt`` and a GPU).
 
-Written against TensorRT 10.x (10.13 in NGC 25.10). Plans are built only where the serving release's
-TensorRT runs on the target architecture (:func:`require_build_host`): in
+Written against the documented TensorRT 11 Python API (11.4 in NGC 26.10; not run on these machines, see README's
+support matrix): strongly typed networks, types from the ONNX, no precision flags. Plans are built only where the
+serving release's TensorRT runs on the target architecture (:func:`require_build_host`): in
 ``nvcr.io/nvidia/tensorrt:<release>-py3`` on a GPU of that compute capability; anywhere else it refuses
 with the command that does it right. ``import tensorrt`` (and numpy) happen only inside the functions
 that call them, so importing this module costs nothing on a machine without TensorRT.
@@ -145,15 +146,29 @@ def _write_atomic(path: Path, data) -> None:
         raise
 
 
+def _member(trt, enum, name: str, settings: BuilderSettings):
+    """``enum.<name>``, or a UserError naming the TensorRT this build needs (the settings are TensorRT 11's)."""
+    member = getattr(enum, name, None)
+    if member is None:
+        raise UserError(f"this TensorRT has no {enum.__name__}.{name}", actual=trt.__version__,
+                        expected=f"TensorRT {settings.tensorrt_version}", fix=f"build in {settings.build_image}")
+    return member
+
+
+def _bits(trt, enum, names, settings: BuilderSettings) -> int:
+    return sum(1 << int(_member(trt, enum, name, settings)) for name in names)
+
+
 def build_engine(settings: BuilderSettings, onnx_path: Path, out_path: Path, cache_path: Path, *,
                  on_phase: Callable[[str, int, int], None] | None = None) -> EngineReport:
-    """ONNX -> serialized plan at ``out_path`` with ``settings``; the timing cache at ``cache_path`` is
-    loaded (if present and from this device) and saved back, so the next build of the same layers is fast."""
+    """ONNX -> serialized plan at ``out_path`` with ``settings``: a strongly typed network, so every layer runs in
+    the type the ONNX gives it (AutoCast / Q/DQ graphs from qdq.py). The timing cache at ``cache_path`` is loaded
+    (if present and from this device) and saved back, so the next build of the same layers is fast."""
     trt = import_tensorrt()
     started = time.perf_counter()
     logger = _logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)   # TensorRT 10: every network is explicit-batch (the flag is deprecated)
+    network = builder.create_network(_bits(trt, trt.NetworkDefinitionCreationFlag, settings.network_flags, settings))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -164,14 +179,8 @@ def build_engine(settings: BuilderSettings, onnx_path: Path, out_path: Path, cac
         raise UserError("the ONNX graph's inputs differ from the plan's profile", where=str(onnx_path),
                         actual=net_inputs, expected=sorted(n for n, _ in settings.profiles[0].min))
     config = builder.create_builder_config()
-    for name in settings.flags:
-        flag = getattr(trt.BuilderFlag, name, None)
-        if flag is None:
-            raise UserError(f"this TensorRT has no BuilderFlag.{name}", actual=trt.__version__,
-                            expected=f"TensorRT {settings.tensorrt_version}", fix=f"build in {settings.build_image}")
-        config.set_flag(flag)
     for name in settings.cleared_flags:
-        config.clear_flag(getattr(trt.BuilderFlag, name))
+        config.clear_flag(_member(trt, trt.BuilderFlag, name, settings))
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
     config.builder_optimization_level = settings.optimization_level
     for p in settings.profiles:

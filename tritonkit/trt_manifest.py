@@ -30,7 +30,8 @@ PLANS_KEY = "plans"              # build.json: {"plans": {file name: what built 
 
 
 def same_tensorrt(built: str | None, server: str | None) -> bool:
-    """'10.13.3.9' (what a build reports) matches the pin '10.13.3': compare the pin's components."""
+    """'11.4.0.106' (what a build reports) matches the pin '11.4.0': compare the pin's components. A plan of
+    TensorRT 10 does not load in 11 either: only engines built version-compatible do, and the kit builds none."""
     if not built or not server:
         return False
     want = server.split(".")

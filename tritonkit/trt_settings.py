@@ -1,12 +1,16 @@
 """Plan -> TensorRT builder settings, as a value (pure: tested on any machine, no TensorRT needed).
 
-Everything the builder is told for one plan file comes from the plan: precision flags (a table),
-optimization profiles (the plan's, from the spec's named axes, batch included), workspace (from the
-GPU's memory), optimization level, the file name per compute capability, the timing cache name and
-the equivalent ``trtexec`` command for ``reproduce.sh``.
+Everything the builder is told for one plan file comes from the plan: how the ONNX gets the plan's precision
+(a table), optimization profiles (the plan's, from the spec's named axes, batch included), workspace (from the
+GPU's memory), optimization level, the file name per compute capability, the timing cache name and the
+equivalent ``trtexec`` command for ``reproduce.sh``.
 
-The precision flags (``BuilderFlag.FP16`` ...) are TensorRT 10's "weak typing": deprecated since 10.12,
-removed in 11, still working in the pinned 10.13 (NGC 25.10).
+TensorRT 11 (NGC 26.06 and later) builds strongly typed networks only: BuilderFlag FP16/BF16/INT8/FP8/FP4, the
+INT8 calibrator and trtexec ``--fp16/--int8/--best/--calib`` are gone, and every tensor's type comes from the
+ONNX (https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-c-api-reference.html).
+So a precision here names the ONNX it needs (tritonkit/qdq.py writes it: ModelOpt AutoCast for FP16/BF16,
+calibrated Q/DQ for INT8/FP8), and the builder itself is told only STRONGLY_TYPED (accepted and implied in 11)
+and, for FP32, no TF32.
 """
 
 from __future__ import annotations
@@ -20,30 +24,38 @@ from .catalogue import GPU
 from .errors import UserError
 from .plan import Plan, Profile, TritonModel, plan_filename
 
+# Creation flags of every network: types from the ONNX. trtexec's --stronglyTyped is implied in TensorRT 11 (a
+# no-op) and kept so the line says what the builder was told.
+NETWORK_FLAGS = ("STRONGLY_TYPED",)
+TRTEXEC_NETWORK = ("--stronglyTyped",)
+
 
 @dataclass(frozen=True)
-class PrecisionFlags:
-    """What one precision means to the builder: BuilderFlag names to set / clear, the trtexec flags."""
-    set: tuple[str, ...]
-    clear: tuple[str, ...]
-    trtexec: tuple[str, ...]
-    quantized: bool              # needs an explicitly quantized (Q/DQ) ONNX: TensorRT 10 has no implicit INT8/FP8
+class PrecisionRecipe:
+    """What one precision means to a TensorRT 11 build: the ONNX it is built from, and the builder's math flags."""
+    onnx: str                    # how qdq.py makes it: "fp32" (the graph as exported), "autocast", "ptq", "prequantized"
+    mode: str | None             # AutoCast low_precision_type / ModelOpt PTQ quantize_mode
+    clear: tuple[str, ...]       # trt.BuilderFlag members cleared
+    trtexec: tuple[str, ...]     # the same for trtexec
     note: str
 
+    @property
+    def quantized(self) -> bool:
+        return self.onnx in ("ptq", "prequantized")
 
-# Table, read by builder_settings; a precision missing here raises. TF32 is on by default in TensorRT,
-# so FP32 clears it: FP32 tolerances (1e-4) are tighter than TF32's 10-bit mantissa allows.
-PRECISION_FLAGS: dict[str, PrecisionFlags] = {
-    "fp32": PrecisionFlags((), ("TF32",), ("--noTF32",), False, "FP32 kernels only (TF32 cleared)"),
-    "tf32": PrecisionFlags(("TF32",), (), (), False, "TF32 tensor cores for FP32 math (TensorRT's default)"),
-    "fp16": PrecisionFlags(("FP16",), (), ("--fp16",), False, "FP16 kernels allowed, FP32 where faster or needed"),
-    "bf16": PrecisionFlags(("BF16",), (), ("--bf16",), False, "BF16 kernels allowed, FP32 where faster or needed"),
-    "int8": PrecisionFlags(("INT8", "FP16"), (), ("--int8", "--fp16"), True,
-                           "INT8 from the graph's Q/DQ scales, FP16 for the layers between"),
-    "fp8": PrecisionFlags(("FP8", "FP16"), (), ("--fp8", "--fp16"), True,
-                          "FP8 from the graph's Q/DQ scales, FP16 for the layers between"),
-    "fp4": PrecisionFlags(("FP4", "FP16"), (), ("--fp4", "--fp16"), True,
-                          "FP4 from the graph's Q/DQ scales, FP16 for the layers between"),
+
+# Table, read by builder_settings; a precision missing here raises. TF32 (a math mode, not a type) is on by
+# default in TensorRT, so FP32 clears it: FP32 tolerances (1e-4) are tighter than TF32's 10-bit mantissa allows.
+# FP4: ModelOpt 0.47's ONNX PTQ has modes int8, fp8 and int4 only, so an FP4 plan needs a source ONNX that
+# already carries FP4 Q/DQ nodes (e.g. exported from modelopt.torch).
+PRECISIONS: dict[str, PrecisionRecipe] = {
+    "fp32": PrecisionRecipe("fp32", None, ("TF32",), ("--noTF32",), "the FP32 graph, FP32 kernels (TF32 cleared)"),
+    "tf32": PrecisionRecipe("fp32", None, (), (), "the FP32 graph, TF32 tensor cores for its math (TensorRT's default)"),
+    "fp16": PrecisionRecipe("autocast", "fp16", (), (), "ModelOpt AutoCast FP16 graph (FP32 where values overflow FP16)"),
+    "bf16": PrecisionRecipe("autocast", "bf16", (), (), "ModelOpt AutoCast BF16 graph"),
+    "int8": PrecisionRecipe("ptq", "int8", (), (), "INT8 Q/DQ graph from ModelOpt PTQ on the calibration data"),
+    "fp8": PrecisionRecipe("ptq", "fp8", (), (), "FP8 Q/DQ graph from ModelOpt PTQ on the calibration data"),
+    "fp4": PrecisionRecipe("prequantized", None, (), (), "FP4 Q/DQ graph quantized before tritonkit (the ONNX source)"),
 }
 
 
@@ -55,9 +67,10 @@ class BuilderSettings:
     gpu: str
     compute_capability: tuple[int, int]
     precision: str
-    flags: tuple[str, ...]                          # trt.BuilderFlag members set
+    onnx: str                                       # the precision's PrecisionRecipe.note: what the ONNX is
+    network_flags: tuple[str, ...]                  # trt.NetworkDefinitionCreationFlag members
     cleared_flags: tuple[str, ...]                  # trt.BuilderFlag members cleared
-    trtexec_precision: tuple[str, ...]
+    trtexec_flags: tuple[str, ...]
     quantized_onnx_required: bool
     profiles: tuple[Profile, ...]
     workspace_bytes: int
@@ -72,19 +85,19 @@ class BuilderSettings:
 
     def record(self) -> dict:
         return {"plan_file": self.plan_file, "gpu": self.gpu, "compute_capability": self.cc,
-                "precision": self.precision, "flags": list(self.flags), "cleared_flags": list(self.cleared_flags),
-                "profiles": [profile_record(p) for p in self.profiles], "workspace_bytes": self.workspace_bytes,
-                "builder_optimization_level": self.optimization_level, "tensorrt": self.tensorrt_version,
-                "build_image": self.build_image, "timing_cache": self.timing_cache}
+                "precision": self.precision, "onnx_precision": self.onnx, "network_flags": list(self.network_flags),
+                "cleared_flags": list(self.cleared_flags), "profiles": [profile_record(p) for p in self.profiles],
+                "workspace_bytes": self.workspace_bytes, "builder_optimization_level": self.optimization_level,
+                "tensorrt": self.tensorrt_version, "build_image": self.build_image, "timing_cache": self.timing_cache}
 
     def trtexec_command(self, onnx: str | Path, plan: str | Path, timing_cache: str | Path) -> list[str]:
-        """The equivalent trtexec command line (TensorRT 10 flags). Several profiles: one
-        --minShapes/--optShapes/--maxShapes triple per profile, in order."""
+        """The equivalent trtexec command line (TensorRT 11: no precision flags, the ONNX carries the types).
+        Several profiles: one --minShapes/--optShapes/--maxShapes triple per profile, in order."""
         cmd = ["trtexec", f"--onnx={onnx}", f"--saveEngine={plan}"]
         for p in self.profiles:
             cmd += [f"--minShapes={_shapes_arg(p.min)}", f"--optShapes={_shapes_arg(p.opt)}",
                     f"--maxShapes={_shapes_arg(p.max)}"]
-        cmd += [*self.trtexec_precision, f"--builderOptimizationLevel={self.optimization_level}",
+        cmd += [*self.trtexec_flags, f"--builderOptimizationLevel={self.optimization_level}",
                 f"--memPoolSize=workspace:{self.workspace_bytes // 2**20}",  # MiB (trtexec's default unit)
                 f"--timingCacheFile={timing_cache}", "--skipInference"]
         return cmd
@@ -187,29 +200,29 @@ def builder_settings(plan: Plan, model: TritonModel, *, gpu: GPU | None = None) 
         raise UserError(f"the {plan.server.name} server cannot load TensorRT plans", where=model.name,
                         actual=plan.server.name, expected="a server with a TensorRT backend (--server ngc)")
     try:
-        flags = PRECISION_FLAGS[model.precision]
+        recipe = PRECISIONS[model.precision]
     except KeyError:
-        raise UserError("no TensorRT builder flags for this precision", where=f"{model.name}: precision",
-                        actual=model.precision, expected=sorted(PRECISION_FLAGS)) from None
+        raise UserError("no TensorRT build recipe for this precision", where=f"{model.name}: precision",
+                        actual=model.precision, expected=sorted(PRECISIONS)) from None
     check_profiles(model)
     cc = tuple(gpu.compute_capability)
     return BuilderSettings(
         model=model.name, plan_file=plan_file_for(model, cc), gpu=gpu.name, compute_capability=cc,
-        precision=model.precision, flags=flags.set, cleared_flags=flags.clear, trtexec_precision=flags.trtexec,
-        quantized_onnx_required=flags.quantized, profiles=tuple(model.profiles),
-        workspace_bytes=workspace_bytes(gpu.memory_bytes),
+        precision=model.precision, onnx=recipe.note, network_flags=NETWORK_FLAGS, cleared_flags=recipe.clear,
+        trtexec_flags=(*TRTEXEC_NETWORK, *recipe.trtexec), quantized_onnx_required=recipe.quantized,
+        profiles=tuple(model.profiles), workspace_bytes=workspace_bytes(gpu.memory_bytes),
         optimization_level=defaults.TRT_BUILDER_OPTIMIZATION_LEVEL, tensorrt_version=plan.server.tensorrt_version,
         build_image=defaults.NGC_TENSORRT_IMAGE,
         timing_cache=timing_cache_name(cc, plan.server.tensorrt_version))
 
 
-def require_quantized(settings: BuilderSettings, onnx_ops: Mapping[str, int], *, where: str,
-                      calibration: str | None) -> None:
-    """INT8/FP8/FP4 plans come from explicitly quantized ONNX (Q/DQ nodes) in TensorRT 10; refuse otherwise."""
+def require_quantized(settings: BuilderSettings, onnx_ops: Mapping[str, int], *, where: str) -> None:
+    """INT8/FP8/FP4 plans come from explicitly quantized ONNX (Q/DQ nodes): TensorRT 11 has no other way; refuse
+    a graph without them rather than build a plan of another precision."""
     if settings.quantized_onnx_required and not onnx_ops:
         raise UserError(f"{settings.precision.upper()} needs an explicitly quantized ONNX (QuantizeLinear/"
                         "DequantizeLinear nodes); this graph has none", where=where, actual="no Q/DQ nodes",
-                        expected="a graph quantized with its calibration data",
-                        fix="quantize it with NVIDIA TensorRT Model Optimizer (modelopt.onnx.quantization) using "
-                            f"the calibration data{f' ({calibration})' if calibration else ''}, point source.path "
-                            "at the result (format: onnx), or choose precision: auto")
+                        expected=f"{settings.onnx}",
+                        fix="give calibration data in the spec (the build quantizes INT8/FP8 with ModelOpt), point "
+                            "source.path at an ONNX quantized to this precision (format: onnx), or choose "
+                            "precision: auto")

@@ -89,8 +89,9 @@ wheelhouse triton-cpu 3.11 "$(requirements core embedded | grep -v '^nvidia-pytr
 if [ "$NGC" = 1 ]; then
     # 3. triton (NGC tritonserver, Python 3.12): what the python-backend models import.
     wheelhouse triton-ngc 3.12 "$(printf 'tokenizers\nonnxruntime\nnumpy')"
-    # 4. trt-build (NGC TensorRT image, Python 3.12): the kit's dependencies.
-    wheelhouse trt-build 3.12 "$(requirements core export)"
+    # 4. trt-build (NGC TensorRT image, Python 3.12): the kit's dependencies, and NVIDIA ModelOpt: TensorRT 11
+    #    takes precision from the ONNX (AutoCast FP16/BF16, Q/DQ INT8/FP8), which the build writes first.
+    wheelhouse trt-build 3.12 "$(requirements core export quantize)"
 fi
 
 # The tritonkit source (the kit runs from a source tree: templates/ and deploy/ sit beside the package).

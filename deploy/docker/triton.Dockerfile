@@ -4,7 +4,7 @@
 #
 # Installs only from the wheelhouse `deploy/docker/stage.sh --ngc` downloads (Python 3.12, the NGC
 # image's). Context: deploy/docker/. The base tag comes from .env (TRITON_IMAGE = tritonkit/defaults.py).
-ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:25.10-py3
+ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:26.10-py3
 
 FROM ${BASE_IMAGE} AS deps
 ARG WHEELS=build/wheels/triton-ngc
