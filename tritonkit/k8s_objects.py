@@ -62,6 +62,11 @@ def _meta(name: str, labels: dict) -> dict:
     return {"name": name, "labels": dict(labels)}
 
 
+def server_image(plan: Plan) -> str:
+    """The pinned NGC image, or the embedded server's CPU image (which the user pushes to a registry)."""
+    return defaults.NGC_TRITON_IMAGE if plan.server.name == "ngc" else defaults.K8S_EMBEDDED_IMAGE
+
+
 def startup_window_s(plan: Plan) -> int:
     """Seconds a pod may take to become ready: the server's start plus its slowest model's load."""
     return defaults.K8S_STARTUP_BASE_S + max(defaults.K8S_STARTUP_S[m.label] for m in plan.models)
@@ -119,7 +124,7 @@ def deployment(plan: Plan, replicas: Replicas, weights: dict[str, int], fleet: b
     affinity, tolerations = _affinity(plan)
     window = startup_window_s(plan)
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
-    image = defaults.NGC_TRITON_IMAGE if plan.server.name == "ngc" else defaults.K8S_EMBEDDED_IMAGE
+    image = server_image(plan)
     env = [{"name": "TRITON_ADMIN_TOKEN",
             "valueFrom": {"secretKeyRef": {"name": ADMIN_SECRET, "key": "token", "optional": True}}}] \
         if plan.server.name == "ngc" else [{"name": "HOME", "value": "/tmp"}, {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"}]
@@ -237,7 +242,7 @@ def repository_claim() -> dict:
 
 def loader_pod(plan: Plan) -> dict:
     """A pod that mounts the claim read-write, for `kubectl cp` of the built repository (it holds `tar`)."""
-    image = defaults.NGC_TRITON_IMAGE if plan.server.name == "ngc" else defaults.K8S_EMBEDDED_IMAGE
+    image = server_image(plan)
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": _meta("tritonkit-repository-loader", {"app.kubernetes.io/name": "tritonkit",

@@ -120,10 +120,15 @@ def quantize(fp32: Path, out: Path, *, reduce_range: bool, exclude: tuple[str, .
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    logging.getLogger().setLevel(logging.ERROR)   # its "consider pre-processing" warning on every call
-    quantize_dynamic(str(fp32), str(out), op_types_to_quantize=["MatMul"], per_channel=True,
-                     reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-                     nodes_to_quantize=list(only), extra_options={"MatMulConstBOnly": True})
+    root = logging.getLogger()   # it logs "consider pre-processing" on the root logger at every call: silenced here only
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(fp32), str(out), op_types_to_quantize=["MatMul"], per_channel=True,
+                         reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                         nodes_to_quantize=list(only), extra_options={"MatMulConstBOnly": True})
+    finally:
+        root.setLevel(level)
 
 
 def quantize_gated(fp32: Path, out: Path, *, reduce_range: bool, judge: Callable[[Path], GateResult],
