@@ -5,7 +5,7 @@ Both plans come from deploy/models.yaml for this host: FP32 as a CPU without INT
 (`--cpu-features none`), INT8 with this host's features (ONNX Runtime dynamic quantization, gated).
 Each repository is built, then served in turn by the embedded tritonserver (rounds alternate which goes
 first) and swept closed-loop over concurrency with one sentence per request over gRPC. The figure is the
-ratio of the best throughputs. The served INT8 embeddings of the 30 bench sentences are held against
+ratio of the best throughputs. The served INT8 embeddings of the gate texts (30 bench sentences + 4) are held against
 SentenceTransformer.encode (FP32): min cosine and top-10 neighbour overlap.
 
     .venv/bin/python benchmarks/int8_vs_fp32.py [--out benchmarks/results/int8_cpu] [--rounds 2]
@@ -62,13 +62,13 @@ def main() -> int:
     from tritonkit.hardware import declared, host_cpu_features
     from tritonkit.load import run_bench
     from tritonkit.policy import plan
-    from tritonkit.quantize import embedding_gate
+    from tritonkit.quantize import embedding_gate, gate_texts
     from tritonkit.render import write_repository
     from tritonkit.serve import EmbeddedServer, ServerOptions
     from tritonkit.servers import SERVERS
     from tritonkit.sources import resolve_sentence_transformer
     from tritonkit.spec import load_spec
-    from tritonkit.workload import bench_target, load_texts
+    from tritonkit.workload import bench_target
 
     spec = load_spec(defaults.DEFAULT_SPEC)
     features = host_cpu_features()
@@ -86,7 +86,7 @@ def main() -> int:
             print(r.summary())
         builds[name] = json.loads((repos[name] / "minilm_encoder/1/build.json").read_text())
     levels = tuple(int(x) for x in args.concurrency.split(","))
-    texts = list(load_texts())
+    texts = gate_texts(spec.models[0])[0]     # the 30 bench sentences + the 4 validation ones (short, truncated)
     reference, _ = st_reference(resolve_sentence_transformer(spec.models[0].source.path), texts, normalize=True)
     runs, accuracy = [], {}
     for rnd in range(args.rounds):

