@@ -107,8 +107,8 @@ def calibration_record(model: ModelSpec) -> dict:
         raise UserError("calibration data is not readable", where=f"model {model.name}: calibration",
                         actual=str(exc), expected="a readable file") from None
     if kind == "texts":
-        from .quantize import gate_texts
-        count = len(gate_texts(model)[0])      # UTF-8, enough texts for the gate (they are its texts too)
+        from .quantize import calibration_texts
+        count = len(calibration_texts(model)[0])      # UTF-8, enough texts for the gate (they are its texts too)
     else:
         count = len(next(iter(_arrays(model, path).values())))
     return {"file": str(path), "kind": kind, "sha256": hashlib.sha256(raw).hexdigest(),
@@ -121,8 +121,8 @@ def _samples(model: ModelSpec, source: Path, kind: str) -> list[dict[str, Any]]:
     ModelOpt sees the GEMM shapes serving will (at batch 1 it takes a MatMul for a GEMV and leaves it unquantized)."""
     if kind == "texts":
         from .compare import sentence_features
-        from .quantize import gate_texts
-        feats = sentence_features(source, gate_texts(model)[0])
+        from .quantize import calibration_texts
+        feats = sentence_features(source, calibration_texts(model)[0])
         lengths = feats["attention_mask"].sum(axis=1)
         return [{t.name: feats[t.name][i:i + 1, :n] for t in model.inputs} for i, n in enumerate(lengths)]
     arrays = {k: a[:model.calibration_samples] for k, a in _arrays(model, Path(model.calibration)).items()}
@@ -157,12 +157,12 @@ def _reader(samples: list[dict[str, Any]]):
 def _judge(model: ModelSpec, source: Path, fp32: Path, precision: str) -> tuple[Callable[[Path], Any], dict]:
     """(graph path -> quantize.GateResult, what it runs on): texts vs sentence-transformers, else the FP32 graph."""
     from .compare import run_onnx, st_reference, synthetic_feeds
-    from .quantize import embedding_gate, gate_texts, onnx_embeddings, tensor_gate
+    from .quantize import calibration_texts, embedding_gate, onnx_embeddings, tensor_gate
     tol = model.tolerance[precision]
     if model.pipeline == "text-embedding":
         # The calibration texts (in-sample: the scales were fitted to them) and the sentences the plan is validated
         # on, held out: on MiniLM an in-sample gate passed a graph whose cosine on "Short." was 0.988.
-        texts, digest, origin = gate_texts(model)
+        texts, digest, origin = calibration_texts(model)
         held_out = [t for t in defaults.VALIDATION_SENTENCES if t not in texts]
         reference, feats = st_reference(source, texts + held_out, normalize=True)
         return (lambda path: embedding_gate(reference, onnx_embeddings(path, feats), tol),

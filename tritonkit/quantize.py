@@ -37,10 +37,8 @@ class GateResult:
         return not self.failures
 
 
-def gate_texts(model: ModelSpec) -> tuple[list[str], str, str]:
-    """(texts, their sha256, where they came from): the spec's calibration texts, else the bench sentences, plus the
-    validation sentences they lack (very short and truncated texts: "Short." alone lost 0.012 cosine in INT8 while
-    the 30 bench sentences all kept >= 0.99)."""
+def calibration_texts(model: ModelSpec) -> tuple[list[str], str, str]:
+    """(texts, sha256 of their file, the file): the spec's calibration texts, else the bench sentences."""
     from .workload import SENTENCES
     path = Path(model.calibration) if model.calibration and model.calibration.endswith(".txt") else SENTENCES
     try:
@@ -53,8 +51,15 @@ def gate_texts(model: ModelSpec) -> tuple[list[str], str, str]:
         raise UserError("too few texts to gate INT8 embeddings on", where=str(path), actual=f"{len(texts)} texts",
                         expected=f"at least {NEIGHBOURS + 1} non-empty lines (neighbour overlap is top-{NEIGHBOURS})",
                         fix="add texts to the calibration file")
-    texts += [t for t in defaults.VALIDATION_SENTENCES if t not in texts]
-    return texts, hashlib.sha256("\n".join(texts).encode()).hexdigest(), str(path)
+    return texts, hashlib.sha256(raw).hexdigest(), str(path)
+
+
+def gate_texts(model: ModelSpec) -> tuple[list[str], str, str]:
+    """(texts, their sha256, the file): the calibration texts plus the validation sentences they lack (very short
+    and truncated texts: "Short." alone lost 0.012 cosine in INT8 while the 30 bench sentences all kept >= 0.99)."""
+    texts, _, origin = calibration_texts(model)
+    texts = texts + [t for t in defaults.VALIDATION_SENTENCES if t not in texts]
+    return texts, hashlib.sha256("\n".join(texts).encode()).hexdigest(), origin
 
 
 def gate_data_digest(model: ModelSpec) -> str:
