@@ -689,6 +689,17 @@ def kit(*argv: str) -> None:
                          f"Command to reproduce error: {shlex.join(cmd)}")
 
 
+def unbound_queues(repo: Path) -> None:
+    """--queue unbounded: the rendered plan re-written without any queue policy (and plan.json says so)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from queue_policy_bursts import unbounded
+
+    from tritonkit.plan_file import read_plans
+    from tritonkit.render import write_repository
+    print("queues: unbounded (the plan's default_queue_policy removed)", flush=True)
+    write_repository(tuple(unbounded(p) for p in read_plans(repo)), repo)
+
+
 # --- Main ------------------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -704,6 +715,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=None, help="where the spec and repository go (default: a new /tmp dir)")
     ap.add_argument("--repo", type=Path, default=None, help="an already built repository of this case (skips render/build)")
     ap.add_argument("--processes", type=int, default=None, help="the kit's client processes (default: run_bench's)")
+    ap.add_argument("--queue", choices=("plan", "unbounded"), default="plan",
+                    help="the server's queues: as the kit's plan bounds them, or unbounded (no default_queue_policy: "
+                         "Triton 2.51's batcher then prefetches and never parks a request for its 500 ms re-check, "
+                         "server#8870), so a very fast model measures the load generators, not that server bug")
     ap.add_argument("--split-cores", action="store_true",
                     help="server on one half of the cores, both clients on the other: neither tool's own CPU can "
                          "then slow the server it measures (on a small host the one using less CPU otherwise "
@@ -713,6 +728,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="perf_analyzer binary (default: $PERF_ANALYZER); see " + SETUP_SCRIPT)
     pa.add_argument("--cuda-lib", default=os.environ.get("PERF_ANALYZER_CUDA_LIB"),
                     help="folder with libcudart.so.12 (default: $PERF_ANALYZER_CUDA_LIB)")
+    pa.add_argument("--pa-async", action="store_true",
+                    help="perf_analyzer's --async mode (requests in flight driven by a few threads with completion "
+                         "queues) instead of its default synchronous mode (one thread per request in flight)")
     pa.add_argument("--pa-stability", type=float, default=None,
                     help="turn perf_analyzer's stability gate on: -s PCT (its own default is 10); default: off, "
                          "its first 3 windows are the figure")
@@ -724,7 +742,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.requests = args.requests or case.requests
     args.warmup = case.warmup if args.warmup is None else args.warmup
     args.pa_gate = (args.pa_stability, args.pa_max_trials) if args.pa_stability is not None else PA_GATE_OFF
-    args.out = args.out or ROOT / "benchmarks" / "results" / "bench_vs_perf_analyzer" / case.name
+    args.out = args.out or ROOT / "benchmarks" / "results" / "bench_vs_perf_analyzer" / (
+        case.name + ("-unbounded-queue" if args.queue == "unbounded" else ""))
     if min(args.levels) < 1 or args.requests < 3 or args.rounds < 1 or args.warmup < 0:
         ap.error("levels >= 1, --requests >= 3, --rounds >= 1 and --warmup >= 0")
     return args
@@ -769,6 +788,8 @@ def run(args: argparse.Namespace, command: str) -> int:
     if repo is None:
         repo = work / "model_repository"
         kit("render", "--spec", str(spec), "--gpu", case.gpu, "--out", str(repo))
+        if args.queue == "unbounded":
+            unbound_queues(repo)
         kit("build", "--repo", str(repo))
     args.out.mkdir(parents=True, exist_ok=True)
     raw = args.out / "raw"
@@ -789,7 +810,7 @@ def run(args: argparse.Namespace, command: str) -> int:
             target = dataclasses.replace(target, texts=(target.texts[case.text],))
         data = raw / f"{case.workload}_input_data.json"   # next to the logs whose commands name it
         data.write_text(json.dumps(perf_analyzer_input_data(target)))
-        extra = ["--input-data", str(data)] + sum((["--shape", f"{s.name}:{','.join(map(str, s.shape[1:]))}"]
+        extra = ["--async"] * args.pa_async + ["--input-data", str(data)] + sum((["--shape", f"{s.name}:{','.join(map(str, s.shape[1:]))}"]
                                                    for s in target.inputs if s.dtype != "BYTES"), [])
         pids = server_pids()
         cores = split_cores(pids) if args.split_cores else None
@@ -834,13 +855,14 @@ def run(args: argparse.Namespace, command: str) -> int:
     passed = all(lv["passed"] for lv in levels)
     label = (f"{case.name}: {case.what}; {host['cpu_cores']} cores ({host['cpu_model'] or 'CPU'}), "
              f"{', '.join(host['gpus']) or 'no GPU'}; Triton {server_version}, gRPC, K={args.requests}, "
-             f"{args.rounds} round(s)")
+             f"{args.rounds} round(s)" + (", queues unbounded" if args.queue == "unbounded" else ""))
     record = {
         "schema": SCHEMA, "case": case.name, "description": case.what, "command": command, "started_at": started,
         "host": host, "versions": versions(pa),
         "settings": {"levels": list(args.levels), "requests_per_figure": args.requests,
                      "perf_analyzer_window_requests": window, "kit_warmup_requests": args.warmup,
                      "rounds": args.rounds, "kit_processes": args.processes, "split_cores": cores,
+                     "queue": args.queue,
                      "perf_analyzer_stability_pct": args.pa_gate[0], "perf_analyzer_max_trials": args.pa_gate[1],
                      "perf_analyzer_gate": "on" if args.pa_stability is not None else "off",
                      "perf_analyzer_args": extra, "texts": list(target.texts), "repository": str(repo),

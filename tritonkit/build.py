@@ -99,7 +99,7 @@ def _resolve_source(spec_model: ModelSpec) -> Path:
     if spec_model.source.path.startswith("pkg:"):
         raise UserError("pkg: sources are sentence-transformers folders", where=f"{spec_model.name}: source.path",
                         actual=spec_model.source.path, expected=f"a {spec_model.source.format} file path")
-    return Path(spec_model.source.path)
+    return spec_model.source.folder
 
 
 def _tolerances(model: TritonModel, spec_model: ModelSpec) -> dict:
@@ -119,7 +119,8 @@ def _recipe(model: TritonModel, spec_model: ModelSpec, source_sha: str, plan: Pl
         extra["int8"] = {"cpu_unit": cpu_int8_unit(plan.hardware.cpu_features),
                          "gate_data_sha256": gate_data_digest(spec_model)}
     return {**extra,
-        "source": {"format": spec_model.source.format, "path": spec_model.source.path, "sha256": source_sha},
+        "source": {"format": spec_model.source.format, "path": spec_model.source.path, "sha256": source_sha,
+                   **({"factory": spec_model.source.factory} if spec_model.source.factory else {})},
         "backend": model.label, "precision": model.precision, "opset": defaults.ONNX_OPSET,
         "inputs": [[t.name, t.dtype, list(t.dims)] for t in spec_model.inputs],
         "outputs": [[t.name, t.dtype, list(t.dims)] for t in spec_model.outputs],
@@ -200,15 +201,19 @@ def _make_onnx(ctx: BuildContext, out: Path) -> dict:
             shutil.copyfile(ctx.source.parent / rel, out.parent / rel)
         return {"tool": "copied from the ONNX source", **({"external_data": data} if data else {}),
                 **_check_onnx(ctx, out)}
+    tol = sm.tolerance.get("fp32") or sm.tolerance[ctx.model.precision]   # the graph itself is FP32
+    if sm.source.format == "pytorch":
+        from .pytorch_source import export_pytorch
+        ctx.step("exporting the PyTorch module to ONNX and validating it against the module")
+        return export_pytorch(sm, out, atol=tol.atol, rtol=tol.rtol)
     if sm.source.format != "sentence-transformers":
         raise UserError("no ONNX export for this source format", where=where, actual=sm.source.format,
-                        expected="sentence-transformers or onnx")
+                        expected="sentence-transformers, pytorch or onnx")
     ctx.step("exporting to ONNX")
     axes = {i: d for i, d in enumerate(sm.inputs[0].dims) if isinstance(d, str)}
     result = export_sentence_embedding(ctx.source, out, input_names=tuple(t.name for t in sm.inputs),
                                        output_name=sm.outputs[0].name, axes=axes, opset=defaults.ONNX_OPSET)
     check_signature(out, expected_in, expected_out, where=where)
-    tol = sm.tolerance.get("fp32") or sm.tolerance[ctx.model.precision]   # the graph itself is FP32
     ctx.step("validating the ONNX graph against sentence-transformers")
     check = validate_sentence_embedding(out, ctx.source, atol=tol.atol, rtol=tol.rtol,
                                         min_cosine=tol.min_cosine or 0.0)
@@ -476,6 +481,7 @@ def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Pat
                     files.setdefault(other, entry["sha256"])
         manifest = {"model": model.name, "tritonkit": __version__, "recipe": recipe, "files": dict(sorted(files.items())),
                     "source": {"format": spec_model.source.format, "path": spec_model.source.path,
+                               **({"factory": spec_model.source.factory} if spec_model.source.factory else {}),
                                "resolved": str(src), "sha256": src_sha},
                     "server": {"name": plan.server.name, "triton": plan.server.triton_version,
                                "tensorrt": plan.server.tensorrt_version},
@@ -495,9 +501,10 @@ def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Pat
     v = record.get("validation")
     if v:
         ref = v.get("reference", "").split(" on ")[0].split("(")[0].strip()
-        detail = f"max abs error {v['max_abs_error']:.2e}, min cosine {v['min_cosine']:.7f}" + (
+        detail = f"max abs error {v['max_abs_error']:.2e}" + (
+            f", min cosine {v['min_cosine']:.7f}" if v.get("min_cosine") is not None else "") + (
             f", top-10 neighbour overlap {v['neighbour_overlap']:.3f}" if v.get("neighbour_overlap") is not None
-            else "") + f" vs {ref}"
+            else "") + f" vs {ref}" + (f" at the {'/'.join(v['shapes'])} shapes" if "shapes" in v else "")
         if "quantization" in record:
             q = record["quantization"]
             detail = (f"INT8 ({q['cpu_unit']}, {q['quantized_matmuls']} MatMuls INT8, {len(q['fp32_matmuls'])} kept "

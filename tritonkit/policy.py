@@ -43,7 +43,7 @@ class BackendRow:
         return self.backend + (f" ({self.runtime})" if self.runtime else "")
 
 
-_ONNXABLE = frozenset({"onnx", "sentence-transformers"})
+_ONNXABLE = frozenset({"onnx", "sentence-transformers", "pytorch"})
 BACKENDS = (
     BackendRow("tensorrt", "", True, _ONNXABLE, True, True,
                frozenset({"fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4"}), "tensorrt", (),

