@@ -154,7 +154,7 @@ def _is_current(folder: Path, names: tuple[str, ...], recipe: dict, plan_file: s
 def _build_tokenizer(ctx: BuildContext) -> dict:
     from .tokenizer_files import copy_tokenizer
     copy_tokenizer(ctx.source, ctx.stage)
-    return {"tool": "tokenizers files copied from the sentence-transformers source"}
+    return {"tool": f"tokenizers files copied from the {ctx.spec_model.source.format} source"}
 
 
 def _check_outputs(outputs: dict, spec_model: ModelSpec, which: str, where: str) -> None:
@@ -206,6 +206,15 @@ def _make_onnx(ctx: BuildContext, out: Path) -> dict:
         from .pytorch_source import export_pytorch
         ctx.step("exporting the PyTorch module to ONNX and validating it against the module")
         return export_pytorch(sm, out, atol=tol.atol, rtol=tol.rtol)
+    if sm.source.format == "huggingface":
+        from .huggingface_source import export_sequence_classifier
+        from .quantize import gate_texts
+        texts, digest, origin = gate_texts(sm)
+        ctx.step(f"exporting the transformers classifier to ONNX and validating it on {len(texts)} texts")
+        return {"validation_texts": {"file": origin, "sha256": digest}, **export_sequence_classifier(
+            ctx.source, out, texts, input_names=("input_ids", "attention_mask"),
+                                          output_name=sm.outputs[0].name, atol=tol.atol, rtol=tol.rtol,
+                                          max_length=sm.size(sm.inputs[0].dims[-1], "max"))}
     if sm.source.format != "sentence-transformers":
         raise UserError("no ONNX export for this source format", where=where, actual=sm.source.format,
                         expected="sentence-transformers, pytorch or onnx")

@@ -82,6 +82,11 @@ INDUCTOR_MIN_SMS = 68
 # GPU memory the policy lets weights of all instances take (the rest: activations, workspace, CUDA).
 GPU_WEIGHTS_MEMORY_SHARE = 0.5
 
+# Image pipelines refuse a request whose image is larger than this (bytes, or pixels once its header is read):
+# a decompression bomb must cost one error, not the server's memory.
+IMAGE_MAX_BYTES = 20 * 2**20
+IMAGE_MAX_PIXELS = 40_000_000
+
 # --- Bench ---------------------------------------------------------------------------------------
 BENCH_CONCURRENCY = (1, 2, 4, 8)
 BENCH_REQUESTS_PER_LEVEL = 200

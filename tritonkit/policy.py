@@ -6,6 +6,8 @@ whole policy can be read in one screen and tested row by row on declared hardwar
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -43,7 +45,7 @@ class BackendRow:
         return self.backend + (f" ({self.runtime})" if self.runtime else "")
 
 
-_ONNXABLE = frozenset({"onnx", "sentence-transformers", "pytorch"})
+_ONNXABLE = frozenset({"onnx", "sentence-transformers", "pytorch", "huggingface"})
 BACKENDS = (
     BackendRow("tensorrt", "", True, _ONNXABLE, True, True,
                frozenset({"fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4"}), "tensorrt", (),
@@ -366,7 +368,7 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
     # The python model pads requests of different lengths into one batch itself (ragged batching);
     # zero padding is inert only where an attention mask says so, i.e. in the text-embedding encoder.
     # C++ backends concatenate tensors, so there only equal shapes may be batched.
-    ragged = row.backend == "python" and mbs > 0 and model.pipeline == "text-embedding"
+    ragged = row.backend == "python" and mbs > 0 and model.pipeline in TOKEN_PIPELINES
     if ragged:
         decide(name, "ragged_batch", "on", "model.py pads each batch to its longest request, so requests of "
                "different sequence lengths still share one execution")
@@ -404,10 +406,11 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
         cc_model_filenames=cc_files, accelerator=accelerator)
 
 
-def _text_embedding(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: GPU | None, caps: Capabilities,
-                    fleet_ccs: tuple, decide: Callable[[str, str, str, str], None]) -> tuple[TritonModel, ...]:
-    ens_name, tok_name, enc_name = triton_model_names(model)
-    encoder = _encoder(model, enc_name, hw, server, gpu, caps, fleet_ccs, decide)
+TOKEN_PIPELINES = ("text-embedding", "text-classification")   # a tokenizer feeds the model its token tensors
+
+
+def _tokenizer(model: ModelSpec, tok_name: str, encoder: TritonModel,
+               decide: Callable[[str, str, str, str], None]) -> TritonModel:
     mbs = model.max_batch_size
     text = TensorConfig(model.text_input, "BYTES", (1,) if mbs else (-1,))
     tok_queue, tok_count = None, 1
@@ -434,9 +437,18 @@ def _text_embedding(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: G
     if pad_multiple > 1:
         decide(tok_name, "pad_to_multiple_of", str(pad_multiple), "the encoder backend batches only equal shapes; "
                "bucketed lengths let more requests share a batch")
+    return tokenizer
+
+
+def _text_embedding(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: GPU | None, caps: Capabilities,
+                    fleet_ccs: tuple, decide: Callable[[str, str, str, str], None]) -> tuple[TritonModel, ...]:
+    ens_name, tok_name, enc_name = triton_model_names(model)
+    encoder = _encoder(model, enc_name, hw, server, gpu, caps, fleet_ccs, decide)
+    tokenizer = _tokenizer(model, tok_name, encoder, decide)
+    text = tokenizer.inputs[0]
     out = model.outputs[0]
     ensemble = TritonModel(
-        name=ens_name, role="ensemble", source_model=model.name, backend="ensemble", max_batch_size=mbs,
+        name=ens_name, role="ensemble", source_model=model.name, backend="ensemble", max_batch_size=model.max_batch_size,
         inputs=(text,), outputs=(TensorConfig(out.name, out.dtype, model.triton_dims(out)),),
         steps=(
             EnsembleStep(tok_name, ((model.text_input, model.text_input),),
@@ -448,12 +460,86 @@ def _text_embedding(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: G
     return ensemble, tokenizer, encoder
 
 
+def _classify_post(model: ModelSpec, name: str) -> TritonModel:
+    logits = model.outputs[0]
+    return _python_step(
+        model, name, "postprocess", "numpy", (TensorConfig(logits.name, "FP32", model.triton_dims(logits)),),
+        (TensorConfig("probabilities", "FP32", (len(model.labels),)), TensorConfig("label", "BYTES", (1,))),
+        (("labels", json.dumps(list(model.labels))),), "classify_postprocess.py.j2", ("image_ops.py",))
+
+
+def _text_classification(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: GPU | None, caps: Capabilities,
+                         fleet_ccs: tuple, decide: Callable[[str, str, str, str], None]) -> tuple[TritonModel, ...]:
+    ens_name, tok_name, clf_name, post_name = triton_model_names(model)
+    classifier = _encoder(model, clf_name, hw, server, gpu, caps, fleet_ccs, decide)
+    tokenizer = _tokenizer(model, tok_name, classifier, decide)
+    post = _classify_post(model, post_name)
+    decide(post_name, "backend", "python (numpy)", f"softmax over {len(model.labels)} logits and the top-1 label "
+           "by name (config.id2label or the spec's labels)")
+    logits = model.outputs[0]
+    ensemble = TritonModel(
+        name=ens_name, role="ensemble", source_model=model.name, backend="ensemble", max_batch_size=model.max_batch_size,
+        inputs=tokenizer.inputs, outputs=(TensorConfig(logits.name, "FP32", model.triton_dims(logits)), *post.outputs),
+        steps=(EnsembleStep(tok_name, ((model.text_input, model.text_input),),
+                            tuple((t.name, t.name) for t in model.inputs)),
+               EnsembleStep(clf_name, tuple((t.name, t.name) for t in model.inputs), ((logits.name, logits.name),)),
+               EnsembleStep(post_name, ((logits.name, logits.name),),
+                            (("probabilities", "probabilities"), ("label", "label")))))
+    decide(ens_name, "pipeline", f"{tok_name} -> {clf_name} -> {post_name}",
+           "text in; logits, probabilities and the label out: clients send strings")
+    return ensemble, tokenizer, classifier, post
+
+
+def _python_step(model: ModelSpec, name: str, role: str, runtime: str, inputs, outputs, parameters, template: str,
+                 code_files: tuple[str, ...] = ()) -> TritonModel:
+    """A pre/post-processing python model: CPU, batched like the tokenizer (bounded queue, >= 2 instances)."""
+    mbs = model.max_batch_size
+    queue, count = (batching(model, on_gpu=False)[0], defaults.MIN_INSTANCES_WITH_QUEUE_POLICY) if mbs else (None, 1)
+    return TritonModel(name=name, role=role, source_model=model.name, backend="python", runtime=runtime,
+                       max_batch_size=mbs, inputs=inputs, outputs=outputs,
+                       instances=(InstanceGroup("KIND_CPU", count),), batching=queue, parameters=parameters,
+                       code_template=template, code_files=code_files)
+
+
+def _image_classification(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: GPU | None, caps: Capabilities,
+                          fleet_ccs: tuple, decide: Callable[[str, str, str, str], None]) -> tuple[TritonModel, ...]:
+    ens_name, pre_name, clf_name, post_name = triton_model_names(model)
+    classifier = _encoder(model, clf_name, hw, server, gpu, caps, fleet_ccs, decide)
+    one = (1,) if model.max_batch_size else (-1,)
+    image = TensorConfig(model.image_input, "BYTES", one)
+    pixels, logits = model.inputs[0], model.outputs[0]
+    prep = model.image
+    labels = len(model.labels)
+    pre = _python_step(
+        model, pre_name, "preprocess", "pillow", (image,), (TensorConfig(pixels.name, "FP32", model.triton_dims(pixels)),),
+        (("size", json.dumps(list(prep.size))), ("crop", json.dumps(list(prep.crop))), ("mode", prep.mode),
+         ("mean", json.dumps(list(prep.mean))), ("std", json.dumps(list(prep.std))),
+         ("max_bytes", str(defaults.IMAGE_MAX_BYTES)), ("max_pixels", str(defaults.IMAGE_MAX_PIXELS))),
+        "image_preprocess.py.j2", ("image_ops.py",))
+    post = _classify_post(model, post_name)
+    decide(pre_name, "backend", "python (pillow)", f"decode (JPEG/PNG, at most {defaults.IMAGE_MAX_PIXELS:,} pixels), "
+           f"{prep.mode}, resize to {prep.size[0]}x{prep.size[1]}, centre crop {prep.crop[0]}x{prep.crop[1]}, "
+           "normalise with the spec's mean/std: the classifier's own transforms, on the server")
+    decide(post_name, "backend", "python (numpy)", f"softmax over {labels} logits and the top-1 label by name")
+    ensemble = TritonModel(
+        name=ens_name, role="ensemble", source_model=model.name, backend="ensemble", max_batch_size=model.max_batch_size,
+        inputs=(image,), outputs=post.outputs,
+        steps=(EnsembleStep(pre_name, ((model.image_input, model.image_input),), ((pixels.name, pixels.name),)),
+               EnsembleStep(clf_name, ((pixels.name, pixels.name),), ((logits.name, logits.name),)),
+               EnsembleStep(post_name, ((logits.name, logits.name),),
+                            (("probabilities", "probabilities"), ("label", "label")))))
+    decide(ens_name, "pipeline", f"{pre_name} -> {clf_name} -> {post_name}",
+           "encoded image in, probabilities and label out: clients send the file's bytes")
+    return ensemble, pre, classifier, post
+
+
 def _single(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: GPU | None, caps: Capabilities,
             fleet_ccs: tuple, decide: Callable[[str, str, str, str], None]) -> tuple[TritonModel, ...]:
     return (_encoder(model, model.name, hw, server, gpu, caps, fleet_ccs, decide),)
 
 
-PIPELINES = {"text-embedding": _text_embedding, "none": _single}
+PIPELINES = {"text-embedding": _text_embedding, "text-classification": _text_classification,
+             "image-classification": _image_classification, "none": _single}
 
 
 def plan(spec: Spec, hardware: Hardware, server: ServerTarget, gpu: GPU | None = None,

@@ -37,6 +37,9 @@ def _environment():
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              autoescape=False)  # noqa: S701 - output is pbtxt/Python, not HTML
     env.filters["config_type"] = lambda name: dtype(name).config
+    # A protobuf text-format string body: parameters may hold JSON (labels, mean/std), so quotes and
+    # backslashes are escaped; non-ASCII stays UTF-8, which the format allows.
+    env.filters["pbtxt"] = lambda value: str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return env
 
 

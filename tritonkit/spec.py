@@ -17,8 +17,11 @@ from .dtypes import ALIASES as DTYPE_ALIASES
 from .dtypes import DTYPES
 from .errors import UserError
 
-SOURCE_FORMATS = ("sentence-transformers", "onnx", "torchscript", "pytorch")
-PIPELINES = ("none", "text-embedding")
+SOURCE_FORMATS = ("sentence-transformers", "onnx", "torchscript", "pytorch", "huggingface")
+PIPELINES = ("none", "text-embedding", "text-classification", "image-classification")
+# A pipeline's tokenizer or labels come from its source: the formats that carry them.
+PIPELINE_SOURCES = {"text-embedding": ("sentence-transformers",), "text-classification": ("huggingface",)}
+IMAGE_MODES = {"L": 1, "RGB": 3}    # PIL mode -> channels
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4")
 TOLERANCE_KEYS = ("atol", "rtol", "min_cosine", "min_neighbour_overlap")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
@@ -73,6 +76,21 @@ WORKLOAD_KINDS = ("texts", "data", "files")
 
 
 @dataclass(frozen=True)
+class ImagePreprocess:
+    """image-classification: decode -> mode -> resize to `size` -> centre crop to `crop` -> x/255 -> (x-mean)/std,
+    channels first, then reshaped to the classifier's input dims (what torchvision's classic transforms do)."""
+    size: tuple[int, int]            # (height, width) after resizing
+    crop: tuple[int, int]            # (height, width) of the centre crop; == size: no crop
+    mode: str                        # PIL mode: "L" (1 channel) or "RGB" (3)
+    mean: tuple[float, ...]          # per channel, on the 0..1 scale
+    std: tuple[float, ...]
+
+    @property
+    def values(self) -> int:
+        return IMAGE_MODES[self.mode] * self.crop[0] * self.crop[1]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     source: Source
@@ -88,6 +106,9 @@ class ModelSpec:
     calibration: str | None = None   # calibration data (texts.txt, images/, data.npz): GPU INT8/FP8; CPU INT8's gate
     calibration_samples: int | None = None   # use the first N samples (None: all)
     text_input: str = "text"         # ensemble input name of the text-embedding pipeline
+    image_input: str = "image"       # ensemble input name of the image-classification pipeline
+    image: ImagePreprocess | None = None   # image-classification: how an image becomes the classifier's input
+    labels: tuple[str, ...] = ()     # classification: class names by output index
     description: str = ""
     workload: Workload | None = None  # bench payloads; None: the example sentences, or data from dtype and dims
     weights_bytes: int = 0           # size of the source's weight files (0 = unknown); GPU memory planning
@@ -269,16 +290,16 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
     raw = ctx.mapping(where, raw, ("name", "source", "inputs", "outputs", "max_batch_size", "latency_budget",
                                    "tolerance"),
                       ("pipeline", "axes", "batch_axis", "precision", "calibration", "text_input", "description",
-                       "workload", "traffic"))
+                       "workload", "traffic", "image_input", "image", "labels"))
     name = ctx.typed(f"{where}.name", raw["name"], str, "a model name")
     if not NAME_RE.match(name):
         ctx.fail(f"{where}.name", "invalid model name", actual=name,
                  expected="letters, digits, '_' or '-', starting with a letter, at most 64 characters")
     source = _source(ctx, f"{where}.source", raw["source"], base)
     pipeline = ctx.choice(f"{where}.pipeline", raw.get("pipeline", "none"), PIPELINES)
-    if pipeline == "text-embedding" and source.format != "sentence-transformers":
-        ctx.fail(f"{where}.pipeline", "the text-embedding pipeline needs a tokenizer from its source",
-                 actual=source.format, expected="source.format: sentence-transformers")
+    if pipeline in PIPELINE_SOURCES and source.format not in PIPELINE_SOURCES[pipeline]:
+        ctx.fail(f"{where}.pipeline", f"the {pipeline} pipeline needs a tokenizer from its source",
+                 actual=source.format, expected=f"source.format: {' or '.join(PIPELINE_SOURCES[pipeline])}")
     mbs = ctx.typed(f"{where}.max_batch_size", raw["max_batch_size"], int, "an int >= 0 (0 = no batching)")
     if mbs < 0:
         ctx.fail(f"{where}.max_batch_size", "must be >= 0", actual=mbs, expected=">= 0 (0 disables batching)")
@@ -354,17 +375,40 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
         if not peak_rps > 0:
             ctx.fail(f"{where}.traffic.peak_rps", "must be > 0", actual=peak_rps, expected="requests/s > 0")
     text_input = ctx.typed(f"{where}.text_input", raw.get("text_input", "text"), str, "a tensor name")
-    if pipeline == "text-embedding" and text_input in seen:
+    if pipeline in ("text-embedding", "text-classification") and text_input in seen:
         ctx.fail(f"{where}.text_input", "the ensemble's text input must not reuse an encoder tensor name",
                  actual=text_input, expected=f"a name other than {sorted(seen)}")
-    if pipeline == "text-embedding":
-        _check_text_embedding(ctx, where, tensors["inputs"], tensors["outputs"])
+    if pipeline in ("text-embedding", "text-classification"):
+        _check_token_inputs(ctx, where, pipeline, tensors["inputs"])
+    if pipeline == "text-embedding" and (len(tensors["outputs"]) != 1 or tensors["outputs"][0].dtype != "FP32"):
+        ctx.fail(f"{where}.outputs", "a text-embedding encoder returns one FP32 embedding",
+                 actual=[(t.name, t.dtype) for t in tensors["outputs"]], expected="[{name: embedding, dtype: FP32}]")
+    image, labels, image_input = None, (), raw.get("image_input", "image")
+    if pipeline == "text-classification":
+        labels = _text_labels(ctx, where, raw.get("labels"), source, tensors["outputs"], base)
+    if pipeline == "image-classification":
+        if mbs == 0:
+            ctx.fail(f"{where}.max_batch_size", "the image-classification pipeline batches requests", actual=0,
+                     expected="> 0 (images of one batch are decoded together and classified in one execution)")
+        image_input = ctx.typed(f"{where}.image_input", image_input, str, "a tensor name")
+        if image_input in seen:
+            ctx.fail(f"{where}.image_input", "the ensemble's image input must not reuse a classifier tensor name",
+                     actual=image_input, expected=f"a name other than {sorted(seen)}")
+        image = _image(ctx, f"{where}.image", raw.get("image"))
+        labels = _labels(ctx, f"{where}.labels", raw.get("labels"), base)
+        _check_image_classifier(ctx, where, tensors["inputs"], tensors["outputs"], image, labels)
+    else:
+        for key in ("image", "image_input") + (() if pipeline == "text-classification" else ("labels",)):
+            if key in raw:
+                ctx.fail(f"{where}.{key}", f"only the image-classification pipeline takes '{key}'", actual=pipeline,
+                         expected="pipeline: image-classification", fix=f"remove '{key}' or change the pipeline")
     return ModelSpec(name=name, source=source, pipeline=pipeline, inputs=tensors["inputs"],
                      weights_bytes=weights_bytes(source),
                      outputs=tensors["outputs"], axes=axes, max_batch_size=mbs, batch_axis=batch_axis,
                      p99_budget_ms=float(p99), tolerance=tolerance, precision=precision, calibration=calibration,
                      calibration_samples=samples,
                      text_input=text_input, description=str(raw.get("description", "")), peak_rps=peak_rps,
+                     image_input=image_input, image=image, labels=labels,
                      workload=_workload(ctx, f"{where}.workload", raw["workload"], base) if "workload" in raw else None)
 
 
@@ -385,18 +429,104 @@ def _workload(ctx: _Ctx, where: str, raw: Any, base: Path) -> Workload:
     return Workload(kind=kind, path=str(path))
 
 
-def _check_text_embedding(ctx: _Ctx, where: str, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...]) -> None:
-    """The tokenizer feeds input_ids/attention_mask (INT64) and the encoder returns one FP32 embedding."""
+def _check_token_inputs(ctx: _Ctx, where: str, pipeline: str, inputs: tuple[Tensor, ...]) -> None:
+    """The tokenizer feeds input_ids/attention_mask (INT64); token_type_ids are made inside the graph."""
     names = [t.name for t in inputs]
     if sorted(names) != ["attention_mask", "input_ids"]:
-        ctx.fail(f"{where}.inputs", "a text-embedding encoder takes exactly input_ids and attention_mask",
+        ctx.fail(f"{where}.inputs", f"a {pipeline} model takes exactly input_ids and attention_mask",
                  actual=names, expected=["input_ids", "attention_mask"])
     for i, t in enumerate(inputs):
         if t.dtype != "INT64":
             ctx.fail(f"{where}.inputs[{i}].dtype", "token tensors are INT64", actual=t.dtype, expected="INT64")
-    if len(outputs) != 1 or outputs[0].dtype != "FP32":
-        ctx.fail(f"{where}.outputs", "a text-embedding encoder returns one FP32 embedding",
-                 actual=[(t.name, t.dtype) for t in outputs], expected="[{name: embedding, dtype: FP32}]")
+
+
+def _text_labels(ctx: _Ctx, where: str, raw: Any, source: Source, outputs: tuple[Tensor, ...],
+                 base: Path) -> tuple[str, ...]:
+    """Class names: the spec's `labels`, else the folder's config.id2label; their count is the logits' width."""
+    from .huggingface_source import folder_facts
+    facts = folder_facts(Path(source.path)) if ctx.sources else None
+    if facts is not None and not facts.has_tokenizer:
+        ctx.fail(f"{where}.source.path", "the Hugging Face folder has no tokenizer files", actual=source.path,
+                 expected="tokenizer.json (or vocab.txt) beside config.json",
+                 fix="save the tokenizer into the folder too: tokenizer.save_pretrained(path)")
+    labels = _labels(ctx, f"{where}.labels", raw, base) if raw is not None else (facts.labels if facts else ())
+    if facts is not None and facts.labels and len(facts.labels) != len(labels):
+        ctx.fail(f"{where}.labels", "num_labels of the model disagrees with the spec's labels",
+                 actual=f"{len(labels)} labels in the spec", expected=f"{len(facts.labels)} (config.json id2label: "
+                 f"{list(facts.labels)})")
+    if not labels and ctx.sources:
+        ctx.fail(f"{where}.labels", "classification needs the class names", actual=None,
+                 expected="config.json id2label, or labels: [...] in the spec")
+    width = outputs[0].dims[-1] if len(outputs) == 1 else None
+    if len(outputs) != 1 or outputs[0].dtype != "FP32" or (labels and width != len(labels)):
+        ctx.fail(f"{where}.outputs", "a text classifier returns one FP32 logits tensor, one value per label",
+                 actual=[(t.name, t.dtype, list(t.dims)) for t in outputs],
+                 expected=f"[{{name: logits, dtype: FP32, dims: [batch, {len(labels) or 'num_labels'}]}}]")
+    return labels
+
+
+def _pair(ctx: _Ctx, where: str, raw: Any) -> tuple[int, int]:
+    if (not isinstance(raw, list) or len(raw) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw)):
+        ctx.fail(where, "must be [height, width] in pixels", actual=raw, expected="two integers > 0, e.g. [224, 224]")
+    return raw[0], raw[1]
+
+
+def _image(ctx: _Ctx, where: str, raw: Any) -> ImagePreprocess:
+    if raw is None:
+        ctx.fail(where, "the image-classification pipeline needs the pre-processing of its images",
+                 actual=None, expected="image: {size: [h, w], crop: [h, w], mode: RGB, mean: [...], std: [...]}",
+                 fix="copy them from the model's training transforms (e.g. torchvision Resize/CenterCrop/Normalize)")
+    raw = ctx.mapping(where, raw, ("size", "mode", "mean", "std"), ("crop",))
+    size = _pair(ctx, f"{where}.size", raw["size"])
+    crop = _pair(ctx, f"{where}.crop", raw.get("crop", list(size)))
+    if crop[0] > size[0] or crop[1] > size[1]:
+        ctx.fail(f"{where}.crop", "the crop is larger than the resized image", actual=list(crop),
+                 expected=f"<= size {list(size)}")
+    mode = ctx.choice(f"{where}.mode", raw["mode"], tuple(IMAGE_MODES))
+    stats = {}
+    for key in ("mean", "std"):
+        values = raw[key]
+        if (not isinstance(values, list) or len(values) != IMAGE_MODES[mode]
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+            ctx.fail(f"{where}.{key}", f"one number per channel of mode {mode}", actual=values,
+                     expected=f"{IMAGE_MODES[mode]} number(s) on the 0..1 scale")
+        stats[key] = tuple(float(v) for v in values)
+    if not all(v > 0 for v in stats["std"]):
+        ctx.fail(f"{where}.std", "must be > 0", actual=list(stats["std"]), expected="numbers > 0")
+    return ImagePreprocess(size=size, crop=crop, mode=mode, mean=stats["mean"], std=stats["std"])
+
+
+def _labels(ctx: _Ctx, where: str, raw: Any, base: Path) -> tuple[str, ...]:
+    """Class names: a list, or a text file with one per line (relative to the spec's folder)."""
+    if isinstance(raw, str):
+        path = (base / raw).resolve()
+        if not path.is_file():
+            ctx.fail(where, "labels file not found", actual=str(path), expected="a text file, one class name per line")
+        raw = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not isinstance(raw, list) or not raw or not all(isinstance(v, (str, int)) for v in raw):
+        ctx.fail(where, "classification needs the class names", actual=raw,
+                 expected="a list of names by output index, or a file with one per line")
+    return tuple(str(v) for v in raw)
+
+
+def _check_image_classifier(ctx: _Ctx, where: str, inputs, outputs, image: ImagePreprocess,
+                            labels: tuple[str, ...]) -> None:
+    if len(inputs) != 1 or inputs[0].dtype != "FP32":
+        ctx.fail(f"{where}.inputs", "an image classifier takes one FP32 tensor", actual=[(t.name, t.dtype) for t in inputs],
+                 expected="[{name: ..., dtype: FP32, dims: [batch, channels, height, width]}] (or flattened)")
+    dims = inputs[0].dims[1:]
+    size = 1
+    for d in dims:
+        size = size * d if isinstance(d, int) else 0
+    if size != image.values:
+        ctx.fail(f"{where}.inputs[0].dims", "the classifier's input does not hold one pre-processed image",
+                 actual=list(inputs[0].dims), expected=f"fixed dims holding {IMAGE_MODES[image.mode]} x "
+                 f"{image.crop[0]} x {image.crop[1]} = {image.values} values (mode {image.mode}, crop {list(image.crop)})")
+    if len(outputs) != 1 or outputs[0].dtype != "FP32" or outputs[0].dims[-1] != len(labels):
+        ctx.fail(f"{where}.outputs", "an image classifier returns one FP32 logits tensor, one value per label",
+                 actual=[(t.name, t.dtype, list(t.dims)) for t in outputs],
+                 expected=f"[{{dtype: FP32, dims: [batch, {len(labels)}]}}] ({len(labels)} labels)")
 
 
 def parse_spec(data: Any, path: Path, *, sources: bool = True) -> Spec:
@@ -422,6 +552,8 @@ def parse_spec(data: Any, path: Path, *, sources: bool = True) -> Spec:
 PIPELINE_MODELS: dict[str, Callable[[str], tuple[str, ...]]] = {
     "none": lambda n: (n,),
     "text-embedding": lambda n: (n, f"{n}_tokenizer", f"{n}_encoder"),
+    "text-classification": lambda n: (n, f"{n}_tokenizer", f"{n}_classifier", f"{n}_postprocess"),
+    "image-classification": lambda n: (n, f"{n}_preprocess", f"{n}_classifier", f"{n}_postprocess"),
 }
 
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import UserError
-from .sources import read_json, st_layout
+from .sources import StLayout, read_json, st_layout
 
 
 def copy_tokenizer(model_dir: Path, dest_dir: Path) -> list[Path]:
@@ -45,7 +45,10 @@ def copy_tokenizer(model_dir: Path, dest_dir: Path) -> list[Path]:
     Each file is written atomically (temporary file + os.replace).
     """
     model_dir, dest_dir = Path(model_dir), Path(dest_dir)
-    layout = st_layout(model_dir)
+    # A sentence-transformers folder has modules.json; a plain transformers folder is its own transformer
+    # (truncation at the tokenizer's model_max_length, capped by the position embeddings).
+    layout = (st_layout(model_dir) if (model_dir / "modules.json").is_file()
+              else StLayout(transformer_dir=model_dir, normalize=False, max_seq_length=None, do_lower_case=False))
     tdir = layout.transformer_dir
     tok_path = tdir / "tokenizer.json"
     if tok_path.is_file():

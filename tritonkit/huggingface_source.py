@@ -1,0 +1,123 @@
+"""Step: a local Hugging Face transformers folder as a model source (never a hub id).
+
+``source: {format: huggingface, path: ./my-model}``: config.json, the weights and, for text pipelines, the
+tokenizer files. :func:`folder_facts` is what the spec reads (cheap JSON: labels, whether a tokenizer is
+there); :func:`export_sequence_classifier` loads the model with transformers, exports ``forward(input_ids,
+attention_mask) -> logits`` to ONNX (token_type_ids are zeros inside the graph, as for a single text) and
+proves the graph against the model on real sentences: max logit error and top-1 agreement.
+
+Heavy imports (torch, transformers, onnxruntime) happen inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import defaults
+from .errors import UserError
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")   # a fast tokenizer's file, or the vocabulary to build one
+
+
+@dataclass(frozen=True)
+class FolderFacts:
+    labels: tuple[str, ...]          # config.id2label by index (empty: the config has none)
+    has_tokenizer: bool
+    max_length: int | None           # the tokenizer's model_max_length, capped by max_position_embeddings
+
+
+def folder_facts(folder: Path) -> FolderFacts:
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError("not a Hugging Face model folder (no config.json)", where=str(folder),
+                        actual=sorted(p.name for p in folder.iterdir())[:12] if folder.is_dir() else "no folder",
+                        expected="a folder written by save_pretrained(): config.json, weights, tokenizer files",
+                        fix="save the model and its tokenizer with save_pretrained(path) and point source.path "
+                            "there") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"config.json is not readable JSON: {exc}", where=str(config_path)) from None
+    id2label = config.get("id2label") or {}
+    labels = tuple(str(id2label[k]) for k in sorted(id2label, key=int)) if id2label else ()
+    limit = None
+    try:
+        tok_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        limit = tok_config.get("model_max_length")
+    except (OSError, ValueError):
+        pass
+    positions = config.get("max_position_embeddings")
+    sizes = [v for v in (limit, positions) if isinstance(v, int) and 2 <= v < 10**6]
+    return FolderFacts(labels=labels, has_tokenizer=any((folder / f).is_file() for f in TOKENIZER_FILES),
+                       max_length=min(sizes) if sizes else None)
+
+
+def _logits_module(model):
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=torch.zeros_like(input_ids)).logits
+    return Logits().eval()
+
+
+def export_sequence_classifier(folder: Path, out: Path, texts: list[str], *, input_names: tuple[str, str],
+                               output_name: str, atol: float, rtol: float, max_length: int,
+                               opset: int = defaults.ONNX_OPSET) -> dict:
+    """transformers' AutoModelForSequenceClassification -> ONNX at ``out``, proven on ``texts``; the build.json
+    record."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .compare import compare_outputs, run_onnx
+    from .export import EXPORTER, torch_onnx_export
+    where = f"source {folder}"
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True,
+                                                                   attn_implementation="eager").eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"transformers cannot load the folder: {str(exc).splitlines()[0][:300]}", where=where,
+                        expected="a sequence-classification model saved with save_pretrained()") from None
+    module = _logits_module(model)
+    ids, mask = input_names
+
+    def tokens(texts):
+        t = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        return {ids: t["input_ids"].astype(np.int64), mask: t["attention_mask"].astype(np.int64)}
+
+    def eager(feed):
+        with torch.no_grad():
+            return {output_name: module(torch.from_numpy(feed[ids]), torch.from_numpy(feed[mask])).numpy()}
+
+    trace = tokens(defaults.VALIDATION_SENTENCES[:2])
+    started = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    axes = {ids: {0: "batch", 1: "sequence"}, mask: {0: "batch", 1: "sequence"}, output_name: {0: "batch"}}
+    torch_onnx_export(module, (torch.from_numpy(trace[ids]), torch.from_numpy(trace[mask])), out,
+                      input_names=list(input_names), output_names=[output_name], dynamic_axes=axes, opset=opset)
+    seconds = time.perf_counter() - started
+    feed = tokens(texts)       # other batch size and lengths than the trace
+    reference, got = eager(feed), run_onnx(out, feed)
+    check = compare_outputs(reference, got, atol=atol, rtol=rtol)
+    agree = float((reference[output_name].argmax(-1) == got[output_name].argmax(-1)).mean())
+    if not check.passed or agree < 1.0:
+        raise UserError("exported ONNX does not match the transformers model: " + "; ".join(
+            list(check.failures) + ([f"top-1 agreement {agree:.3f} < 1"] if agree < 1 else [])), where=where,
+            actual=f"max logit error {check.max_abs_error:.3g}, top-1 agreement {agree:.3f}",
+            expected=f"atol {atol:g}" + (f" + rtol {rtol:g} x |ref|" if rtol else "") + ", top-1 agreement 1",
+            fix="loosen tolerance.fp32 only if that error is acceptable, or export it yourself (format: onnx)")
+    return {"tool": EXPORTER, "opset": opset, "export_seconds": round(seconds, 2),
+            "validation": {"reference": "transformers AutoModelForSequenceClassification (eager, FP32, CPU)",
+                           "samples": int(feed[ids].shape[0]), "max_abs_error": check.max_abs_error,
+                           "top1_agreement": agree, "atol": atol, "rtol": rtol}}
