@@ -93,7 +93,7 @@ def export_sentence_embedding(model_dir: Path, out_path: Path, *,
                               opset: int = ONNX_OPSET,
                               normalize: bool = True,
                               trace_shape: tuple[int, int] = (2, 16)) -> ExportResult:
-    """Export transformer + mean pooling (+ L2 norm) as one ONNX file, written atomically.
+    """Export transformer + the source's pooling (mean, CLS or max) (+ L2 norm) as one ONNX file, written atomically.
 
     ``axes`` names the dynamic axes of the two inputs (default ``{0: "batch", 1: "sequence"}``); the
     output's axis 0 is dynamic (same name) when the batch axis is. An axis left out of ``axes`` is
@@ -114,7 +114,7 @@ def export_sentence_embedding(model_dir: Path, out_path: Path, *,
     import onnx
     import torch
     transformer, tokenizer = load_transformer(layout.transformer_dir)
-    wrapper = sentence_embedding_module(transformer, normalize=normalize)
+    wrapper = sentence_embedding_module(transformer, normalize=normalize, pooling=layout.pooling)
 
     ids, mask = trace_inputs(tokenizer, trace_shape)
     with torch.no_grad():
@@ -132,8 +132,8 @@ def export_sentence_embedding(model_dir: Path, out_path: Path, *,
                            dynamic_axes=dynamic_axes, opset=opset)
         model = onnx.load(str(raw_path))  # pulls in external data too, if the exporter wrote any
         _fix_output_dims(model, output_name, (axes.get(0, trace_shape[0]), hidden))
-        model.doc_string = f"{model_dir.name}: mean pooling{' + L2 norm' if normalize else ''}"
-        meta = {"tritonkit.source": str(model_dir), "tritonkit.pooling": "mean",
+        model.doc_string = f"{model_dir.name}: {layout.pooling} pooling{' + L2 norm' if normalize else ''}"
+        meta = {"tritonkit.source": str(model_dir), "tritonkit.pooling": layout.pooling,
                 "tritonkit.normalize": str(normalize).lower(),
                 "tritonkit.max_seq_length": str(layout.max_seq_length or ""),
                 "tritonkit.exporter": f"{EXPORTER} torch {torch.__version__}"}
@@ -193,8 +193,8 @@ def _check_export_args(input_names, output_name, axes, opset, trace_shape) -> No
         raise UserError("bad trace_shape", actual=trace_shape, expected="(batch >= 2, sequence >= 2)")
 
 
-def sentence_embedding_module(transformer, *, normalize: bool):
-    """transformer -> last_hidden_state -> attention-mask weighted mean -> (L2 normalise), as one Module."""
+def sentence_embedding_module(transformer, *, normalize: bool, pooling: str = "mean"):
+    """transformer -> last_hidden_state -> pooling (sources.POOLING_MODES) -> (L2 normalise), as one Module."""
     import torch
     wants_token_type_ids = "token_type_ids" in inspect.signature(transformer.forward).parameters
 
@@ -208,14 +208,24 @@ def sentence_embedding_module(transformer, *, normalize: bool):
             if wants_token_type_ids:
                 kwargs["token_type_ids"] = torch.zeros_like(input_ids)  # single-segment text: all zeros
             hidden = self.transformer(**kwargs).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            # Same formula as sentence_transformers.models.Pooling (mean): clamp avoids 0/0 on empty rows.
-            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = pool(hidden, attention_mask, pooling)
             if normalize:
-                mean = torch.nn.functional.normalize(mean, p=2, dim=1)  # eps 1e-12, as Normalize()
-            return mean
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)  # eps 1e-12, as Normalize()
+            return pooled
 
     return SentenceEmbedding().eval()
+
+
+def pool(hidden, attention_mask, pooling: str):
+    """sentence_transformers.models.Pooling's formulas: masked mean (clamped: no 0/0 on an empty row), the
+    first ([CLS]) token, or the masked max (padding set to -1e9 first)."""
+    import torch
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "max":
+        return torch.where(mask > 0, hidden, torch.full_like(hidden, -1e9)).max(dim=1).values
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
 def trace_inputs(tokenizer, trace_shape: tuple[int, int]):

@@ -78,6 +78,12 @@ class StLayout:
     normalize: bool             # a Normalize module is part of the pipeline
     max_seq_length: int | None  # sentence_bert_config.json (None: not set there)
     do_lower_case: bool         # sentence-transformers lower-cases before tokenizing
+    pooling: str = "mean"       # POOLING_MODES: how token states become one vector (1_Pooling/config.json)
+
+
+# sentence-transformers' pooling_mode names -> the pooling the exports reproduce (same formulas as its Pooling).
+POOLING_MODES = {"mean": "mean", "mean_tokens": "mean", "cls": "cls", "cls_token": "cls", "max": "max",
+                 "max_tokens": "max"}
 
 
 def st_layout(model_dir: Path) -> StLayout:
@@ -97,14 +103,16 @@ def st_layout(model_dir: Path) -> StLayout:
     if mode is None:
         modes = [k[len("pooling_mode_"):] for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
         mode = modes[0] if len(modes) == 1 else modes
-    if mode not in ("mean", "mean_tokens"):
-        raise UserError("only mean pooling is exported", where=str(pooling_dir / "config.json"),
-                        actual=mode, expected="mean")
+    if not isinstance(mode, str) or mode not in POOLING_MODES:
+        raise UserError("this pooling is not exported", where=str(pooling_dir / "config.json"),
+                        actual=mode, expected="one of mean, cls, max",
+                        fix="export this model with its own exporter and use source format 'onnx'")
     transformer_dir = model_dir / modules[0].get("path", "")
     st_cfg_path = transformer_dir / "sentence_bert_config.json"
     st_cfg = read_json(st_cfg_path) if st_cfg_path.is_file() else {}
     return StLayout(transformer_dir=transformer_dir, normalize=_ST_NORMALIZE in types,
-                    max_seq_length=st_cfg.get("max_seq_length"), do_lower_case=bool(st_cfg.get("do_lower_case", False)))
+                    max_seq_length=st_cfg.get("max_seq_length"), do_lower_case=bool(st_cfg.get("do_lower_case", False)),
+                    pooling=POOLING_MODES[mode])
 
 
 def quiet_transformers() -> None:

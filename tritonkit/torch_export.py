@@ -1,13 +1,14 @@
 """Build step for the PyTorch path: the encoder's weights saved in the plan's precision, then proven.
 
 The served model.py (templates/python/encoder_torch.py.j2) loads `hf/` with bert_encoder.py (plain
-PyTorch, mean pooling + L2 normalisation included); validation runs that same module on the saved files and
+PyTorch, the source's pooling + L2 normalisation included); validation runs that same module on the saved files and
 compares it with SentenceTransformer.encode(normalize_embeddings=True) within the spec's tolerance
 for the precision. On a machine with CUDA it validates on the GPU, otherwise on the CPU.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from .defaults import VALIDATION_SENTENCES
 from .dtypes import TORCH_PRECISIONS
 from .errors import UserError
-from .sources import load_sentence_transformer, quiet_transformers
+from .sources import load_sentence_transformer, quiet_transformers, st_layout
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,6 @@ class TorchExport:
 
 def _transformer_dir(model_dir: Path) -> Path:
     """sentence-transformers keeps the HF transformer at the root or in a `0_Transformer` module folder."""
-    import json
     modules = model_dir / "modules.json"
     if modules.is_file():
         for module in json.loads(modules.read_text()):
@@ -80,6 +80,9 @@ def export_torch_encoder(model_dir: Path, dest: Path, precision: str, *, atol: f
     model.save_pretrained(str(dest), safe_serialization=True)
     for extra in dest.glob("generation_config.json"):
         extra.unlink()
+    config = json.loads((dest / "config.json").read_text())     # the pooling model.py applies (bert_encoder.py)
+    config["tritonkit_pooling"] = st_layout(Path(model_dir)).pooling
+    (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     try:
         bert_module().BertEncoder.from_folder(str(dest))
     except ValueError as exc:

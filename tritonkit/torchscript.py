@@ -47,7 +47,7 @@ def export_sentence_embedding_torchscript(model_dir: Path, out_path: Path, *, no
     layout = st_layout(model_dir)
     import torch
     transformer, tokenizer = load_transformer(layout.transformer_dir)
-    wrapper = sentence_embedding_module(transformer, normalize=normalize)
+    wrapper = sentence_embedding_module(transformer, normalize=normalize, pooling=layout.pooling)
     ids, mask = trace_inputs(tokenizer, trace_shape)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))

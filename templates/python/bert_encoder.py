@@ -1,5 +1,5 @@
 # Copied by tritonkit from templates/python/bert_encoder.py; do not edit.
-"""A BERT-family sentence encoder in plain PyTorch: transformer -> masked mean pooling -> L2 norm.
+"""A BERT-family sentence encoder in plain PyTorch: transformer -> pooling (masked mean, CLS or masked max) -> L2 norm.
 
 Loaded from a Hugging Face folder (config.json + model.safetensors) with `safetensors` only: the
 served model needs neither transformers nor huggingface_hub (whose import of `ssl` fails inside the
@@ -40,6 +40,7 @@ class BertEncoder(torch.nn.Module):
     def __init__(self, config):
         super().__init__()
         hidden, eps = config["hidden_size"], config["layer_norm_eps"]
+        self.pooling = config.get("tritonkit_pooling", "mean")   # the source's pooling, written by the build
         self.words = torch.nn.Embedding(config["vocab_size"], hidden)
         self.positions = torch.nn.Embedding(config["max_position_embeddings"], hidden)
         self.types = torch.nn.Embedding(config["type_vocab_size"], hidden)
@@ -69,7 +70,12 @@ class BertEncoder(torch.nn.Module):
         for layer in self.layers:
             x = layer(x, keep)
         weights = mask.unsqueeze(-1).to(x.dtype)
-        pooled = (x * weights).sum(dim=1).float() / weights.sum(dim=1).float().clamp(min=1e-9)
+        if self.pooling == "cls":
+            pooled = x[:, 0].float()
+        elif self.pooling == "max":
+            pooled = torch.where(weights > 0, x, torch.full_like(x, -1e4)).amax(dim=1).float()
+        else:
+            pooled = (x * weights).sum(dim=1).float() / weights.sum(dim=1).float().clamp(min=1e-9)
         return F.normalize(pooled, p=2.0, dim=1)
 
 
