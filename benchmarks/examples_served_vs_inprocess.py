@@ -23,12 +23,11 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from tritonkit import defaults  # noqa: E402
 
@@ -102,27 +101,8 @@ def pipelines(name: str, repo: Path, spec_model):
 
 
 def in_process(items, make, sessions: int, threads: int, sizes, seconds: float) -> dict[int, float]:
-    runs = [make(threads) for _ in range(sessions)]
-    result = {}
-    for bs in sizes:
-        done = [0] * sessions
-
-        def worker(k: int, deadline: float) -> None:
-            i = k * 7
-            while time.perf_counter() < deadline:
-                runs[k]([items[(i + j) % len(items)] for j in range(bs)])
-                i += bs
-                done[k] += bs
-        for r in runs:
-            r(items[:bs])
-        start = time.perf_counter()
-        workers = [threading.Thread(target=worker, args=(k, start + seconds)) for k in range(sessions)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        result[bs] = sum(done) / (time.perf_counter() - start)
-    return result
+    from inprocess import throughput
+    return throughput([make(threads) for _ in range(sessions)], items, sizes, seconds)
 
 
 def kit(*argv: str) -> None:

@@ -15,11 +15,11 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from tritonkit import defaults  # noqa: E402
 
@@ -30,7 +30,6 @@ def in_process(repo: Path, texts: list[str], sessions: int, threads: int, batch_
     `sessions` Python threads each drive their own session (ONNX Runtime releases the GIL while it
     runs), so both shapes the server can take are measured: 1 session x N threads, N x 1.
     """
-    import threading
 
     import numpy as np
     import onnxruntime as ort
@@ -54,26 +53,10 @@ def in_process(repo: Path, texts: list[str], sessions: int, threads: int, batch_
             mask[i, :len(e.ids)] = 1
         return session.run(None, {"input_ids": ids, "attention_mask": mask})
 
-    result = {}
-    for bs in batch_sizes:
-        done = [0] * sessions
-
-        def worker(k: int, deadline: float) -> None:
-            i = k * 7
-            while time.perf_counter() < deadline:
-                run(pool[k], [texts[(i + j) % len(texts)] for j in range(bs)])
-                i += bs
-                done[k] += bs
-        for session in pool:
-            run(session, texts[:bs])
-        start = time.perf_counter()
-        workers = [threading.Thread(target=worker, args=(k, start + seconds)) for k in range(sessions)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        result[bs] = sum(done) / (time.perf_counter() - start)
-        print(f"in-process {sessions} session(s) x {threads} thread(s), batch {bs:3d}: {result[bs]:7.1f} sentences/s",
+    from inprocess import throughput
+    result = throughput([lambda batch, s=session: run(s, batch) for session in pool], texts, batch_sizes, seconds)
+    for bs, rate in result.items():
+        print(f"in-process {sessions} session(s) x {threads} thread(s), batch {bs:3d}: {rate:7.1f} sentences/s",
               flush=True)
     return result
 
