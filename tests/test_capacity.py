@@ -32,3 +32,21 @@ def test_capacity_search_on_a_known_curve():
     assert 330 * 0.95 <= cap.rps <= 330 and cap.steps[-1] == (cap.rps, True, cap.steps[-1][2])
     none = capacity.find(lambda r: step(1e9), 50.0, start_rps=100.0)
     assert none.rps == 0 and "no rate" in none.reason
+
+
+def test_capacity_search_backs_off_when_the_host_slows_after_the_bisection():
+    """A host that gets 30% slower once the bisection is over (a noisy neighbour, seen in CI): confirmations
+    of the bisected rate keep failing. The search must back off far enough to confirm a rate that holds on the
+    slower host, within its step budget, instead of reporting no capacity at all."""
+    slow_after = []
+
+    def step(rate: float) -> LevelResult:
+        slow_after.append(rate)
+        limit = 330 if len(slow_after) <= 7 else 330 * 0.7
+        p99 = 10.0 if rate <= limit else 90.0
+        return LevelResult(concurrency=0, requests=int(rate), errors=0, seconds=1.0, throughput_rps=rate,
+                           items_per_s=rate, p50_ms=p99 / 2, p90_ms=p99, p99_ms=p99, mean_ms=p99 / 2, max_ms=p99,
+                           server={}, mode="search", offered_rps=rate, latency_drift_ms=0.0)
+    cap = capacity.find(step, 50.0, start_rps=100.0)
+    assert 0 < cap.rps <= 330 * 0.7, cap.steps
+    assert cap.steps[-1][1] and "passed twice" in cap.reason
