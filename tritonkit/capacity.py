@@ -2,7 +2,7 @@
 
 Open-loop steps (tritonkit.drivers.Open): grow the rate until a step fails, then bisect between the last
 pass and the first failure, then measure the best rate once more (a pass must repeat; if it does not,
-step down: 5% once, then a whole growth step per miss, since misses that persist mean the host slowed). A step passes when it has no errors, its p99 (from due times, so queueing counts) is within
+step down 5% per miss, up to CAPACITY_CONFIRM_STEPS times: misses that persist mean the host slowed). A step passes when it has no errors, its p99 (from due times, so queueing counts) is within
 the budget, it achieved the offered rate, and latency did not keep growing through the step (a queue
 that builds up passes a short step and fails a long one).
 """
@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .defaults import CAPACITY_GROWTH, CAPACITY_MAX_STEPS, CAPACITY_PRECISION
+from .defaults import CAPACITY_CONFIRM_STEPS, CAPACITY_GROWTH, CAPACITY_MAX_STEPS, CAPACITY_PRECISION
 from .stats import LevelResult
 
 ACHIEVED_SHARE = 0.95     # answered per second over offered per second: below it the server fell behind
@@ -80,14 +80,13 @@ def find(measure: Callable[[float], LevelResult], budget_ms: float, *, start_rps
             lo = mid
         else:
             hi = mid
-    confirmed, misses = False, 0
-    while lo > 0 and len(steps) < max_steps + 3:                # the best pass must repeat
-        if confirmed := step(lo):
+    confirmed = False
+    for _ in range(CAPACITY_CONFIRM_STEPS):                      # the best pass must repeat
+        if lo <= 0 or (confirmed := step(lo)):
             break
-        misses += 1
-        # One miss: just below. Misses that persist mean the host got slower since the step passed (a noisy
-        # neighbour): back off a whole growth step, so a rate that holds is found within the step budget.
-        lo = lo * (1 - precision) if misses == 1 else lo / CAPACITY_GROWTH
+        # Just below, again and again: near the capacity one miss is noise, and misses that persist mean the
+        # host got slower since the bisection (a noisy neighbour), so the walk goes on down to a rate that holds.
+        lo = lo * (1 - precision)
     if not confirmed:
         return Capacity(0.0, math.nan, f"no rate down to {steps[-1][0]:.1f}/s stayed within the budget "
                         f"({steps[-1][2]})", tuple(steps), client)
