@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
 """The kit's GPU plan vs a naive config, served by the embedded tritonserver on this host's GPU.
 
+Any spec whose model the embedded server runs in PyTorch on the GPU: MiniLM (the default), the sentiment
+classifier (examples/sentiment/models.yaml, a Hugging Face folder) or the digits image classifier
+(examples/digits/images.yaml, a PyTorch factory), the last two as torch.export programs.
+
 For the GPU found here (detected, so a GPU limited by CUDA MPS shows its real SM count):
   kit    - the plan tritonkit makes for it (precision, torch.compile mode from the SM count,
            instances, dynamic batching),
   naive  - FP32 eager PyTorch, one instance, no dynamic batching (the same model code),
   big    - only when this GPU has fewer SMs than torch's max-autotune threshold: the plan made for
            a full H100 SXM (max-autotune, 2 instances) at the small plan's precision, run on this small GPU.
-Each is rendered, built (validated against sentence-transformers), served and driven with the
-same MiniLM workload (real sentences, one per request, gRPC) over a concurrency sweep. The server
+Each is rendered, built (validated against the source), served and driven with the spec's own
+workload (one item per request, gRPC) over a concurrency sweep. The server
 log is searched for "Not enough SMs to use max_autotune_gemm mode". Writes JSON + PNG.
 
-    python benchmarks/gpu_plan_vs_naive.py --out reports/gpu [--source DIR] [--concurrency 1,4,16,64]
+    python benchmarks/gpu_plan_vs_naive.py --out reports/gpu [--spec SPEC] [--source DIR] [--concurrency 1,4,16,64]
 
 The server's python models run in this Python's environment unless $TRITONKIT_STUB_PYTHON names another
 (it must have NumPy 1: tritonkit/stub_env.py says why).
@@ -30,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tritonkit import defaults  # noqa: E402
+from tritonkit.policy import TORCH_RUNTIMES  # noqa: E402
 
 SM_WARNING = "Not enough SMs to use max_autotune_gemm mode"
 
@@ -46,6 +51,11 @@ def with_source(spec_path: Path, source: str, out: Path) -> Path:
     return path
 
 
+def torch_model(plan):
+    """The plan's model that runs in PyTorch on the GPU (what the configs differ in)."""
+    return next(m for m in plan.models if m.runtime in TORCH_RUNTIMES)
+
+
 def naive(plan):
     """FP32 eager, one GPU instance, no dynamic batching, for every python model of the plan."""
     from tritonkit.plan import InstanceGroup
@@ -53,7 +63,7 @@ def naive(plan):
     for m in plan.models:
         if m.backend == "python":
             params = dict(m.parameters)
-            if m.runtime == "torch":
+            if m.runtime in TORCH_RUNTIMES:
                 params |= {"precision": "fp32", "compile_mode": "none"}
                 m = replace(m, precision="fp32", instances=(InstanceGroup("KIND_GPU", 1),))
             inputs = tuple(replace(t, ragged=False) for t in m.inputs)
@@ -89,7 +99,7 @@ def run_config(name, plan, spec, work: Path, levels, requests, log, tag=None):
         server.stop()
     write_report(report, work, stem=f"bench_{tag}")
     server_log = (work / f"{tag}_server.log").read_text(errors="replace")
-    enc = plan.model(f"{spec.models[0].name}_encoder")
+    enc = torch_model(plan)
     params = dict(enc.parameters)
     result = {
         "name": name, "ready_seconds": round(ready_s, 1), "sm_warning": SM_WARNING in server_log,
@@ -145,7 +155,7 @@ def main() -> int:
     if hw.gpus[0].sm_count < sms:
         # At the small plan's precision: the comparison is about the SM-dependent choices (compile mode,
         # instances), and half precision may be refused here (policy.MPS_UNSAFE_PRECISIONS).
-        same = kit.model(f"{spec.models[0].name}_encoder").precision
+        same = torch_model(kit).precision
         big_spec = replace(spec, models=tuple(replace(m, precision=same) for m in spec.models))
         configs["big"] = plan(big_spec, declared("H100"), SERVERS["embedded"], caps=caps)
     wanted = args.configs.split(",")
@@ -160,7 +170,7 @@ def main() -> int:
     best = {n: max(lv["items_per_s"] for lv in r["levels"]) for n, r in results.items()}
     if args.rounds > 1:
         for name, r in results.items():
-            log(f"{name}: best sentences/s per round {[round(x) for x in r['round_best']]}; levels below are medians")
+            log(f"{name}: best items/s per round {[round(x) for x in r['round_best']]}; levels below are medians")
     summary = {"hardware": hw.describe(), "gpu": hw.gpus[0].__dict__, "inductor_min_sms": sms,
                "decisions": [d.__dict__ for d in kit.decisions], "results": results, "best_items_per_s": best}
     if "naive" in best and "kit" in best:
@@ -171,7 +181,7 @@ def main() -> int:
         log(f"small-SM plan / big-GPU plan on this GPU: {summary['kit_over_big']:.2f}x")
     (args.out / "gpu_plan_vs_naive.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (args.out / "gpu_plan_vs_naive.log").write_text("\n".join(lines) + "\n")
-    plot(results, args.out / "gpu_plan_vs_naive.png", hw.describe().split(";")[0])
+    plot(results, args.out / "gpu_plan_vs_naive.png", f"{spec.models[0].name} on {hw.describe().split(';')[0]}")
     return 0
 
 
@@ -203,14 +213,14 @@ def plot(results: dict, path: Path, title: str) -> None:
             (", SM warning" if r["sm_warning"] else "")
         left.plot(c, [lv["items_per_s"] for lv in r["levels"]], "o-", label=label)
         right.plot(c, [lv["p99_ms"] for lv in r["levels"]], "o-", label=name)
-    for ax, ylabel in ((left, "sentences / s"), (right, "p99 latency (ms)")):
+    for ax, ylabel in ((left, "items / s"), (right, "p99 latency (ms)")):
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("client concurrency (1 sentence per request, gRPC)")
+        ax.set_xlabel("client concurrency (1 item per request, gRPC)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     right.set_yscale("log")
-    fig.suptitle(f"MiniLM-L6 on {title}: tritonkit plan vs naive", fontsize=9)
+    fig.suptitle(f"{title}: tritonkit plan vs naive", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
 

@@ -26,13 +26,17 @@ EXAMPLE = ROOT / "examples" / "sentiment"
 pytestmark = pytest.mark.integration   # every test needs the assembled folder (transformers, torch)
 
 
-@pytest.fixture(scope="module")
-def folder():
+def assemble() -> Path:
     """examples/sentiment/model, assembled from the package and the committed head (as a user would)."""
     if not (EXAMPLE / "model" / "model.safetensors").is_file():
         r = subprocess.run([sys.executable, str(EXAMPLE / "train.py"), "--assemble"], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
     return EXAMPLE / "model"
+
+
+@pytest.fixture(scope="module")
+def folder():
+    return assemble()
 
 
 def _reviews(name: str):

@@ -18,6 +18,8 @@ is not rebuilt.
 | pytorch                     | model.pt            | loads with torch.jit.load and runs at the spec's min/opt shapes |
 | python (torch)              | hf/ weights         | saved in the plan's precision, run as model.py runs them, vs    |
 |                             |                     | SentenceTransformer.encode (tritonkit.torch_export)            |
+| python (torch-program)      | model.pt2           | torch.export in the plan's precision, loaded back, vs the FP32 |
+|                             |                     | source module (tritonkit.torch_program)                        |
 
 TensorRT plans are built only where the serving release's TensorRT runs on a GPU of the target
 architecture (`trt_engine.require_build_host`); anywhere else the build stops with a UserError that names the
@@ -416,10 +418,20 @@ def _build_torch(ctx: BuildContext) -> dict:
                            "device": r.device, "reference": "SentenceTransformer.encode(normalize_embeddings=True)"}}
 
 
+def _build_torch_program(ctx: BuildContext) -> dict:
+    """python (torch-program): the source exported with torch.export in the plan's precision (model.pt2), loaded
+    back as model.py loads it and checked against the FP32 source module (tritonkit.torch_program)."""
+    from .torch_program import export_program
+    sm, precision = ctx.spec_model, ctx.model.precision
+    tol = sm.tolerance[precision]
+    ctx.step(f"exporting the {precision.upper()} torch.export program and validating it against the source")
+    return export_program(sm, ctx.source, ctx.stage / ctx.model.artifacts[0], precision, atol=tol.atol, rtol=tol.rtol)
+
+
 # The plan names each model's builder (policy.BackendRow.builder); a name missing here is our bug.
 BUILDERS: dict[str, Callable[[BuildContext], dict]] = {
     "tokenizer": _build_tokenizer, "onnx": _build_onnx, "tensorrt": _build_tensorrt,
-    "torchscript": _build_torchscript, "torch": _build_torch,
+    "torchscript": _build_torchscript, "torch": _build_torch, "torch_program": _build_torch_program,
 }
 
 

@@ -165,6 +165,7 @@ K8S_STARTUP_BASE_S = 60
 K8S_STARTUP_S = {   # by TritonModel.label
     "ensemble": 0, "python (tokenizers)": 30, "onnxruntime": 60, "python (onnxruntime)": 60, "tensorrt": 120,
     "pytorch": 120, "onnxruntime (tensorrt-ep)": 600, "python (torch)": 600,   # engines built / compiled at load
+    "python (torch-program)": 600,
 }
 # Requests per pod: a core per CPU instance (ONNX Runtime threads) and this much memory, plus 2x the built
 # artifacts when the repository is built (weights are loaded per instance, plus the runtime's copies).

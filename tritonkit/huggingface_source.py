@@ -70,31 +70,46 @@ def _logits_module(model):
     return Logits().eval()
 
 
+def load_classifier(folder: Path, attn_implementation: str = "eager"):
+    """(``forward(input_ids, attention_mask) -> logits`` module in eval mode, the folder's tokenizer)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .sources import quiet_transformers
+    quiet_transformers()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True,
+                                                                   attn_implementation=attn_implementation).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"transformers cannot load the folder: {str(exc).splitlines()[0][:300]}",
+                        where=f"source {folder}",
+                        expected="a sequence-classification model saved with save_pretrained()") from None
+    return _logits_module(model), tokenizer
+
+
+def token_feeds(tokenizer, texts, input_names: tuple[str, str], max_length: int) -> dict:
+    """The classifier's inputs for ``texts`` (int64 NumPy), padded to the longest, as the served tokenizer does."""
+    import numpy as np
+    t = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    ids, mask = input_names
+    return {ids: t["input_ids"].astype(np.int64), mask: t["attention_mask"].astype(np.int64)}
+
+
 def export_sequence_classifier(folder: Path, out: Path, texts: list[str], *, input_names: tuple[str, str],
                                output_name: str, atol: float, rtol: float, max_length: int,
                                opset: int = defaults.ONNX_OPSET) -> dict:
     """transformers' AutoModelForSequenceClassification -> ONNX at ``out``, proven on ``texts``; the build.json
     record."""
-    import numpy as np
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .compare import compare_outputs, run_onnx
     from .export import EXPORTER, torch_onnx_export
     where = f"source {folder}"
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True,
-                                                                   attn_implementation="eager").eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"transformers cannot load the folder: {str(exc).splitlines()[0][:300]}", where=where,
-                        expected="a sequence-classification model saved with save_pretrained()") from None
-    module = _logits_module(model)
+    module, tokenizer = load_classifier(folder)
     ids, mask = input_names
 
     def tokens(texts):
-        t = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np")
-        return {ids: t["input_ids"].astype(np.int64), mask: t["attention_mask"].astype(np.int64)}
+        return token_feeds(tokenizer, texts, input_names, max_length)
 
     def eager(feed):
         with torch.no_grad():

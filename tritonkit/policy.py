@@ -67,10 +67,19 @@ BACKENDS = (
                "this server has only the python backend: model.py runs the encoder in PyTorch on the GPU "
                "(tensors exchanged with Triton through DLPack)",
                code_template="encoder_torch.py.j2", code_files=("bert_encoder.py",)),
+    # ONNX sources stay on the CPU row below on this server: no ONNX Runtime CUDA build matches the CUDA 13 of
+    # the PyTorch wheels, and onnx2torch (ONNX -> PyTorch) needs torchvision.
+    BackendRow("python", "torch-program", True, frozenset({"pytorch", "huggingface"}), True, None,
+               frozenset({"fp32", "fp16", "bf16"}), "torch_program", ("model.pt2",),
+               "this server has only the python backend: model.py runs the source's torch.export program in "
+               "PyTorch on the GPU (tensors exchanged with Triton through DLPack)",
+               code_template="program_torch.py.j2", code_files=("opaque_gemms.py",)),
     BackendRow("python", "onnxruntime", None, _ONNXABLE, False, None, frozenset({"fp32", "int8"}), "onnx", ("model.onnx",),
                "this server has only the python backend: model.py runs the exported ONNX graph with ONNX Runtime "
                "on the CPU", code_template="encoder_onnxruntime.py.j2"),
 )
+
+TORCH_RUNTIMES = ("torch", "torch-program")   # python-backend rows that run PyTorch on the GPU (torch.compile)
 
 
 def choose_backend(model: ModelSpec, server: ServerTarget, gpu: GPU | None, caps: Capabilities) -> BackendRow:
@@ -392,8 +401,8 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
         accelerator = (("precision_mode", precision.upper()), ("max_workspace_size_bytes", str(1 << 30)))
     if row.backend == "python":
         params += [("runtime", row.runtime), ("precision", precision)]
-        params.append(("model_file", artifacts[0]) if row.runtime == "onnxruntime" else ("model_dir", "hf"))
-    if row.runtime == "torch":
+        params.append(("model_dir", "hf") if row.runtime == "torch" else ("model_file", artifacts[0]))
+    if row.runtime in TORCH_RUNTIMES:
         mode, why = compile_mode(device, caps)
         decide(name, "torch_compile", mode, why)
         params += [("compile_mode", mode), ("max_length", str(model.size(model.inputs[0].dims[-1], "max")))]

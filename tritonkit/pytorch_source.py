@@ -108,31 +108,33 @@ def _tuple_module(net, spec_model, where: str):
     return SpecOrder().eval()
 
 
-def export_pytorch(spec_model, out: Path, *, atol: float, rtol: float, opset: int = defaults.ONNX_OPSET) -> dict:
-    """Load, export (TorchScript exporter, the spec's named axes dynamic) and validate; the build.json record."""
+def feeds(spec_model, which: str, seed: int) -> dict:
+    """Seeded inputs at the spec's ``which`` shapes (min/opt/max)."""
+    from .compare import synthetic_feeds
+    return synthetic_feeds(spec_model.inputs, spec_model.shapes(spec_model.inputs, which), seed)
+
+
+def eager_outputs(module, spec_model, feed: dict) -> dict:
+    """``module`` (a spec-order tuple module) on ``feed``, NumPy out by output name (floats as FP32)."""
     import numpy as np
     import torch
+    with torch.no_grad():
+        got = module(*(torch.from_numpy(np.ascontiguousarray(feed[t.name])) for t in spec_model.inputs))
+    return {t.name: (g.float() if g.is_floating_point() else g).detach().cpu().numpy()
+            for t, g in zip(spec_model.outputs, got)}
 
-    from .compare import compare_outputs, run_onnx, synthetic_feeds
-    from .export import EXPORTER, torch_onnx_export
+
+def load_spec_module(spec_model):
+    """The source's module with ``forward(*spec inputs) -> tuple of spec outputs``, proven to run at the opt
+    shapes; (module, where)."""
     source = spec_model.source
     where = f"{spec_model.name}: source {source.path}:{source.factory}"
     net = load_module(Path(source.path), source.factory, where)
     check_forward(net, spec_model, where)
     wrapped = _tuple_module(net, spec_model, where)
-    names = [t.name for t in spec_model.inputs]
-
-    def feeds(which: str, seed: int) -> dict:
-        return synthetic_feeds(spec_model.inputs, spec_model.shapes(spec_model.inputs, which), seed)
-
-    def eager(feed: dict) -> dict:
-        with torch.no_grad():
-            got = wrapped(*(torch.from_numpy(np.ascontiguousarray(feed[n])) for n in names))
-        return {t.name: g.detach().cpu().numpy() for t, g in zip(spec_model.outputs, got)}
-
-    trace = feeds("opt", defaults.VALIDATION_SEED)
+    trace = feeds(spec_model, "opt", defaults.VALIDATION_SEED)
     try:
-        eager(trace)
+        eager_outputs(wrapped, spec_model, trace)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's forward on the spec's shapes
@@ -140,6 +142,18 @@ def export_pytorch(spec_model, out: Path, *, atol: float, rtol: float, opset: in
                         actual={n: f"{v.dtype} {list(v.shape)}" for n, v in trace.items()},
                         expected="a forward that accepts the spec's dtypes and opt shapes",
                         fix="make the spec's inputs (dtype, dims) what the module takes") from None
+    return wrapped, where
+
+
+def export_pytorch(spec_model, out: Path, *, atol: float, rtol: float, opset: int = defaults.ONNX_OPSET) -> dict:
+    """Load, export (TorchScript exporter, the spec's named axes dynamic) and validate; the build.json record."""
+    import torch
+
+    from .compare import compare_outputs, run_onnx
+    from .export import EXPORTER, torch_onnx_export
+    wrapped, where = load_spec_module(spec_model)
+    names = [t.name for t in spec_model.inputs]
+    trace = feeds(spec_model, "opt", defaults.VALIDATION_SEED)
     axes = {t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str)}
             for t in (*spec_model.inputs, *spec_model.outputs)}
     started = time.perf_counter()
@@ -155,8 +169,8 @@ def export_pytorch(spec_model, out: Path, *, atol: float, rtol: float, opset: in
     seconds = time.perf_counter() - started
     worst, checked = None, {}
     for k, which in enumerate(SHAPES):
-        feed = feeds(which, defaults.VALIDATION_SEED + 1 + k)   # other values than the trace's
-        check = compare_outputs(eager(feed), run_onnx(out, feed), atol=atol, rtol=rtol)
+        feed = feeds(spec_model, which, defaults.VALIDATION_SEED + 1 + k)   # other values than the trace's
+        check = compare_outputs(eager_outputs(wrapped, spec_model, feed), run_onnx(out, feed), atol=atol, rtol=rtol)
         checked[which] = {n: list(v.shape) for n, v in feed.items()}
         if worst is None or check.max_abs_error > worst.max_abs_error:
             worst = check

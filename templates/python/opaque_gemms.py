@@ -1,0 +1,61 @@
+"""GEMMs of a torch.export program kept away from torch.compile, for GPUs below inductor's SM threshold.
+
+Copied beside model.py by render (templates/python/program_torch.py.j2 loads it); tests import it from here.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+# GEMM-like ATen ops handed to cuBLAS as opaque ops.
+GEMMS = ("linear", "mm", "addmm", "bmm", "matmul")
+
+
+def opaque_gemms(graph_module):
+    """Route every GEMM-like ATen call of the program through an op torch.compile cannot look into (cuBLAS
+    at run time, like eager). Inductor still fuses and graph-captures everything around them, but never
+    lowers a GEMM: that lowering is where it checks the SM count (torch._inductor.utils.is_big_gpu) and, on a
+    GPU below its threshold, prints "Not enough SMs to use max_autotune_gemm mode" before choosing cuBLAS
+    anyway. Same numbers as eager (the same cuBLAS calls)."""
+    ops = _register_gemms()
+    aten = {getattr(torch.ops.aten, name).default: name for name in GEMMS}
+    for gm in graph_module.modules():
+        if not isinstance(gm, torch.fx.GraphModule):
+            continue
+        changed = False
+        for node in gm.graph.nodes:
+            name = aten.get(node.target) if node.op == "call_function" else None
+            if name and not node.kwargs:
+                node.target = ops[name]
+                node.args = tuple(node.args) + ((None,) if name == "linear" and len(node.args) == 2 else ())
+                changed = True
+        if changed:
+            gm.recompile()
+
+
+def _register_gemms():
+    """tritonkit_gemm::<op> for each of GEMMS: the eager op behind a custom-op wall."""
+    lib = torch.ops.tritonkit_gemm
+    if not hasattr(lib, "linear"):   # this module may be loaded more than once per process
+        @torch.library.custom_op("tritonkit_gemm::linear", mutates_args=())
+        def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+            return F.linear(x, weight, bias)
+
+        @torch.library.custom_op("tritonkit_gemm::addmm", mutates_args=())
+        def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return torch.addmm(bias, a, b)
+
+        linear.register_fake(F.linear)
+        addmm.register_fake(torch.addmm)
+        for name in ("mm", "bmm", "matmul"):
+            fn = getattr(torch, name)
+            op = torch.library.custom_op(f"tritonkit_gemm::{name}", _two_operands(fn), mutates_args=())
+            op.register_fake(fn)
+    return {name: getattr(lib, name).default for name in GEMMS}
+
+
+def _two_operands(fn):
+    def op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return fn(a, b)
+    return op
