@@ -10,8 +10,10 @@ artifacts in this Python process with no server: the same pre-processing code (t
 the built tokenizer.json), ONNX Runtime on the built model.onnx, the same softmax/label step; threads x
 sessions as the plan's instances run them (2 x 1 here) and 1 x cores, at the fastest batch size, measured
 before and after the served run (the best figure is the limit). Served = `tritonkit bench`'s engine over gRPC
-with the spec's workload, one item per request, closed loop at rising concurrency. Goal (issue 12): served
->= 0.8 x in-process at the best concurrency.
+with the spec's workload, closed loop at rising concurrency, once with one item per request and once with
+requests of max_batch_size items (`--batch`, as a client with many items sends them, and as the in-process
+loop runs them). Goal (issue 12): served >= 0.8 x in-process, each at its best concurrency / batch size.
+Also reported: the ratio at equal batch size (served requests of b items vs in-process batches of b).
 
     .venv/bin/python benchmarks/examples_served_vs_inprocess.py [--examples digits,digits_images,sentiment]
 """
@@ -128,23 +130,34 @@ def measure(name: str, spec_path: Path, args, cores: int) -> dict:
     inproc = {k: in_process(items, make, *v, sizes, args.seconds) for k, v in shapes.items()}
     http, grpc, metrics = free_ports(3)
     levels = tuple(int(x) for x in args.concurrency.split(","))
+    batches = sorted({1, model.max_batch_size or 1})
+    reports = {}
     with EmbeddedServer(ServerOptions(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics)) as s:
-        report = run_bench(bench_target(model, s.grpc_url, "grpc"), concurrency=levels,
-                           requests_per_level=args.requests, warmup_requests=50, progress=False)
+        for b in batches:   # as many items per level whatever the request size: comparable durations
+            reports[b] = run_bench(bench_target(model, s.grpc_url, "grpc", batch=b), concurrency=levels,
+                                   requests_per_level=max(100, args.requests // b * 4), warmup_requests=20,
+                                   progress=False)
     for k, v in shapes.items():
         again = in_process(items, make, *v, sizes, args.seconds)
         inproc[k] = {bs: max(inproc[k][bs], again[bs]) for bs in sizes}
-    served = {lv.concurrency: lv.items_per_s for lv in report.levels}
-    best_in, best_served = max(max(v.values()) for v in inproc.values()), max(served.values())
+    served = {b: {lv.concurrency: lv.items_per_s for lv in r.levels} for b, r in reports.items()}
+    best_in = max(max(v.values()) for v in inproc.values())
+    best_batch, best_concurrency = max(((b, c) for b in served for c in served[b]), key=lambda bc: served[bc[0]][bc[1]])
+    best_served = served[best_batch][best_concurrency]
+    same_batch = {b: max(served[b].values()) / max(v[b] for v in inproc.values()) for b in batches if b in sizes}
     result = {"spec": str(spec_path.relative_to(ROOT)), "items": len(items),
               "plan": [f"{d.subject} {d.key}: {d.value}" for p in read_plans(repo) for d in p.decisions],
               "in_process_per_s": inproc, "served_per_s": served,
-              "errors": {lv.concurrency: lv.errors for lv in report.levels},
-              "p99_ms": {lv.concurrency: lv.p99_ms for lv in report.levels},
+              "errors": {b: {lv.concurrency: lv.errors for lv in r.levels} for b, r in reports.items()},
+              "p99_ms": {b: {lv.concurrency: lv.p99_ms for lv in r.levels} for b, r in reports.items()},
               "best_in_process": best_in, "best_served": best_served, "ratio": best_served / best_in,
-              "best_concurrency": max(served, key=served.get)}
-    print(f"{name}: in-process best {best_in:.0f}/s, served best {best_served:.0f}/s at concurrency "
-          f"{result['best_concurrency']}: ratio {result['ratio']:.2f} (goal >= {GOAL})", flush=True)
+              "best_request_batch": best_batch, "best_concurrency": best_concurrency,
+              "ratio_at_equal_batch": same_batch,
+              "ratio_one_item_per_request": max(served[1].values()) / best_in}
+    print(f"{name}: in-process best {best_in:.0f}/s, served best {best_served:.0f}/s ({best_batch} items per "
+          f"request, concurrency {best_concurrency}): ratio {result['ratio']:.2f} (goal >= {GOAL}); one item per "
+          f"request {result['ratio_one_item_per_request']:.2f}; at equal batch "
+          + ", ".join(f"{b}: {r:.2f}" for b, r in same_batch.items()), flush=True)
     return result
 
 
@@ -154,7 +167,8 @@ def plot(results: dict, path: Path, host: str) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 4.2), dpi=110, squeeze=False)
     for ax, (name, r) in zip(axes[0], results.items()):
-        ax.plot(list(r["served_per_s"]), list(r["served_per_s"].values()), "o-", label="served (gRPC, 1 item/request)")
+        for b, served in r["served_per_s"].items():
+            ax.plot(list(served), list(served.values()), "o-", label=f"served (gRPC, {b} item(s)/request)")
         ax.axhline(r["best_in_process"], color="gray", ls="--", label=f"best in-process ({r['best_in_process']:.0f}/s)")
         ax.axhline(GOAL * r["best_in_process"], color="red", ls=":", label=f"goal: {GOAL} x in-process")
         ax.set_xscale("log", base=2)
