@@ -22,6 +22,23 @@ def cli(*args: str, cwd: Path = ROOT, prefix: tuple[str, ...] = (), timeout: flo
                           cwd=cwd, timeout=timeout)
 
 
+def bench_example(repo: Path, grpc_port: int | str, model: str, counted: str, reports: Path,
+                  requests: int = 200) -> dict:
+    """`tritonkit bench` at concurrency 1 and 4 against a running server: every request is answered and the
+    server counted `counted`'s executions (the p99 verdict is a timing figure: exit 1 on a loaded machine is
+    still a measurement). The JSON report."""
+    import json
+    r = cli("bench", "--repo", str(repo), "--grpc-port", str(grpc_port), "--concurrency", "1,4",
+            "--requests", str(requests), "--no-progress", "--reports", str(reports))
+    assert r.returncode in (0, 1), r.stderr
+    report = json.loads((reports / f"bench-{model}-grpc.json").read_text())
+    assert [lv["concurrency"] for lv in report["levels"]] == [1, 4]
+    for level in report["levels"]:
+        assert level["errors"] == 0 and level["requests"] == requests
+        assert level["server"][counted]["requests"] > 0
+    return report
+
+
 def live_processes():
     """(pid, command line) of every live (non-zombie) process except this one, via /proc."""
     for proc in Path("/proc").iterdir():

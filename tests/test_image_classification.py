@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import cli, free_ports
+from tests.conftest import bench_example, cli, free_ports
 from tritonkit import defaults
 from tritonkit.errors import UserError
 
@@ -206,11 +206,5 @@ def test_a_request_that_is_not_an_image_fails_alone_and_the_server_keeps_serving
 def test_bench_sends_the_spec_images(digits_images_server, tmp_path):
     """`tritonkit bench` measures the ensemble with the spec's image files; every request is answered."""
     s = digits_images_server
-    r = cli("bench", "--repo", str(s.repo), "--grpc-port", str(s.grpc_url.rsplit(":", 1)[1]), "--concurrency", "1,4",
-            "--requests", "200", "--no-progress", "--reports", str(tmp_path))
-    assert r.returncode in (0, 1), r.stderr
-    report = json.loads((tmp_path / "bench-digits_images-grpc.json").read_text())
+    report = bench_example(s.repo, s.grpc_url.rsplit(":", 1)[1], "digits_images", "digits_images_classifier", tmp_path)
     assert report["payload"]["source"] == f"files: {EXAMPLE / 'images'}"
-    for level in report["levels"]:
-        assert level["errors"] == 0 and level["requests"] == 200
-        assert level["server"]["digits_images_classifier"]["requests"] > 0

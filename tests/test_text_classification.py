@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import cli, free_ports
+from tests.conftest import bench_example, cli, free_ports
 from tritonkit.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,11 +125,6 @@ def test_served_labels_and_probabilities_match_transformers_over_grpc_and_http(f
 
 def test_bench_sends_the_spec_texts(sentiment_server, tmp_path):
     s = sentiment_server
-    r = cli("bench", "--repo", str(s.repo), "--grpc-port", str(s.grpc_url.rsplit(":", 1)[1]), "--concurrency", "1,4",
-            "--requests", "100", "--no-progress", "--reports", str(tmp_path))
-    assert r.returncode in (0, 1), r.stderr
-    report = json.loads((tmp_path / "bench-sentiment-grpc.json").read_text())
+    report = bench_example(s.repo, s.grpc_url.rsplit(":", 1)[1], "sentiment", "sentiment_classifier", tmp_path,
+                           requests=100)
     assert report["payload"]["variants"] == 16, report["payload"]      # the 16 texts of held_out.txt
-    for level in report["levels"]:
-        assert level["errors"] == 0 and level["requests"] == 100
-        assert level["server"]["sentiment_classifier"]["requests"] > 0

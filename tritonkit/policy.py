@@ -19,7 +19,7 @@ from .hardware import Hardware
 from .plan import (Batching, Capabilities, Decision, EnsembleStep, InstanceGroup, Plan, Profile, SpecRef,
                    TensorConfig, TritonModel, Warmup, plan_filename)
 from .servers import ServerTarget
-from .spec import ModelSpec, Spec, Tensor, triton_model_names
+from .spec import TOKEN_PIPELINES, ModelSpec, Spec, Tensor, triton_model_names
 
 # --- backend ---------------------------------------------------------------------------------------
 
@@ -415,30 +415,19 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
         cc_model_filenames=cc_files, accelerator=accelerator)
 
 
-TOKEN_PIPELINES = ("text-embedding", "text-classification")   # a tokenizer feeds the model its token tensors
-
-
 def _tokenizer(model: ModelSpec, tok_name: str, encoder: TritonModel,
                decide: Callable[[str, str, str, str], None]) -> TritonModel:
-    mbs = model.max_batch_size
-    text = TensorConfig(model.text_input, "BYTES", (1,) if mbs else (-1,))
-    tok_queue, tok_count = None, 1
-    if mbs:
-        tok_queue, _ = batching(model, on_gpu=False)
-        tok_count = defaults.MIN_INSTANCES_WITH_QUEUE_POLICY
     # Requests padded to a multiple of this many tokens: C++ backends only batch equal shapes, so
     # bucketing sequence lengths lets the dynamic batcher combine more requests.
     pad_multiple = 1 if encoder.backend == "python" else 16
-    tokenizer = TritonModel(
-        name=tok_name, role="tokenizer", source_model=model.name, backend="python", runtime="tokenizers",
-        builder="tokenizer",
-        max_batch_size=mbs, inputs=(text,),
-        outputs=tuple(TensorConfig(t.name, t.dtype, model.triton_dims(t)) for t in model.inputs),
-        instances=(InstanceGroup("KIND_CPU", tok_count),), batching=tok_queue,
-        parameters=(("tokenizer_file", "tokenizer.json"), ("meta_file", "tokenizer_meta.json"),
-                    ("max_length", str(model.size(model.inputs[0].dims[-1], "max"))),
-                    ("pad_to_multiple_of", str(pad_multiple))),
-        artifacts=("tokenizer.json", "tokenizer_meta.json"), code_template="tokenizer.py.j2")
+    tokenizer = replace(_python_step(
+        model, tok_name, "tokenizer", "tokenizers",
+        (TensorConfig(model.text_input, "BYTES", (1,) if model.max_batch_size else (-1,)),),
+        tuple(TensorConfig(t.name, t.dtype, model.triton_dims(t)) for t in model.inputs),
+        (("tokenizer_file", "tokenizer.json"), ("meta_file", "tokenizer_meta.json"),
+         ("max_length", str(model.size(model.inputs[0].dims[-1], "max"))), ("pad_to_multiple_of", str(pad_multiple))),
+        "tokenizer.py.j2"), builder="tokenizer", artifacts=("tokenizer.json", "tokenizer_meta.json"))
+    tok_count = tokenizer.instances[0].count
     decide(tok_name, "backend", "python (tokenizers)", "tokenization is Python-side work; the Rust `tokenizers` "
            "library encodes a whole batch in one call")
     decide(tok_name, "instances", f"{tok_count} x KIND_CPU", "a batched tokenizer call takes well under a "
@@ -469,7 +458,9 @@ def _text_embedding(model: ModelSpec, hw: Hardware, server: ServerTarget, gpu: G
     return ensemble, tokenizer, encoder
 
 
-def _classify_post(model: ModelSpec, name: str) -> TritonModel:
+def _classify_post(model: ModelSpec, name: str, decide: Callable[[str, str, str, str], None]) -> TritonModel:
+    decide(name, "backend", "python (numpy)", f"softmax over {len(model.labels)} logits and the top-1 label by name "
+           "(config.id2label or the spec's labels)")
     logits = model.outputs[0]
     return _python_step(
         model, name, "postprocess", "numpy", (TensorConfig(logits.name, "FP32", model.triton_dims(logits)),),
@@ -482,9 +473,7 @@ def _text_classification(model: ModelSpec, hw: Hardware, server: ServerTarget, g
     ens_name, tok_name, clf_name, post_name = triton_model_names(model)
     classifier = _encoder(model, clf_name, hw, server, gpu, caps, fleet_ccs, decide)
     tokenizer = _tokenizer(model, tok_name, classifier, decide)
-    post = _classify_post(model, post_name)
-    decide(post_name, "backend", "python (numpy)", f"softmax over {len(model.labels)} logits and the top-1 label "
-           "by name (config.id2label or the spec's labels)")
+    post = _classify_post(model, post_name, decide)
     logits = model.outputs[0]
     ensemble = TritonModel(
         name=ens_name, role="ensemble", source_model=model.name, backend="ensemble", max_batch_size=model.max_batch_size,
@@ -518,18 +507,16 @@ def _image_classification(model: ModelSpec, hw: Hardware, server: ServerTarget, 
     image = TensorConfig(model.image_input, "BYTES", one)
     pixels, logits = model.inputs[0], model.outputs[0]
     prep = model.image
-    labels = len(model.labels)
     pre = _python_step(
         model, pre_name, "preprocess", "pillow", (image,), (TensorConfig(pixels.name, "FP32", model.triton_dims(pixels)),),
         (("size", json.dumps(list(prep.size))), ("crop", json.dumps(list(prep.crop))), ("mode", prep.mode),
          ("mean", json.dumps(list(prep.mean))), ("std", json.dumps(list(prep.std))),
          ("max_bytes", str(defaults.IMAGE_MAX_BYTES)), ("max_pixels", str(defaults.IMAGE_MAX_PIXELS))),
         "image_preprocess.py.j2", ("image_ops.py",))
-    post = _classify_post(model, post_name)
     decide(pre_name, "backend", "python (pillow)", f"decode (JPEG/PNG, at most {defaults.IMAGE_MAX_PIXELS:,} pixels), "
            f"{prep.mode}, resize to {prep.size[0]}x{prep.size[1]}, centre crop {prep.crop[0]}x{prep.crop[1]}, "
            "normalise with the spec's mean/std: the classifier's own transforms, on the server")
-    decide(post_name, "backend", "python (numpy)", f"softmax over {labels} logits and the top-1 label by name")
+    post = _classify_post(model, post_name, decide)
     ensemble = TritonModel(
         name=ens_name, role="ensemble", source_model=model.name, backend="ensemble", max_batch_size=model.max_batch_size,
         inputs=(image,), outputs=post.outputs,

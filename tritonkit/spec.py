@@ -19,6 +19,7 @@ from .errors import UserError
 
 SOURCE_FORMATS = ("sentence-transformers", "onnx", "torchscript", "pytorch", "huggingface")
 PIPELINES = ("none", "text-embedding", "text-classification", "image-classification")
+TOKEN_PIPELINES = ("text-embedding", "text-classification")   # a tokenizer feeds the model its token tensors
 # A pipeline's tokenizer or labels come from its source: the formats that carry them.
 PIPELINE_SOURCES = {"text-embedding": ("sentence-transformers",), "text-classification": ("huggingface",)}
 IMAGE_MODES = {"L": 1, "RGB": 3}    # PIL mode -> channels
@@ -375,10 +376,10 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
         if not peak_rps > 0:
             ctx.fail(f"{where}.traffic.peak_rps", "must be > 0", actual=peak_rps, expected="requests/s > 0")
     text_input = ctx.typed(f"{where}.text_input", raw.get("text_input", "text"), str, "a tensor name")
-    if pipeline in ("text-embedding", "text-classification") and text_input in seen:
+    if pipeline in TOKEN_PIPELINES and text_input in seen:
         ctx.fail(f"{where}.text_input", "the ensemble's text input must not reuse an encoder tensor name",
                  actual=text_input, expected=f"a name other than {sorted(seen)}")
-    if pipeline in ("text-embedding", "text-classification"):
+    if pipeline in TOKEN_PIPELINES:
         _check_token_inputs(ctx, where, pipeline, tensors["inputs"])
     if pipeline == "text-embedding" and (len(tensors["outputs"]) != 1 or tensors["outputs"][0].dtype != "FP32"):
         ctx.fail(f"{where}.outputs", "a text-embedding encoder returns one FP32 embedding",

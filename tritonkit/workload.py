@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import defaults
-from .spec import ModelSpec
+from .spec import TOKEN_PIPELINES, ModelSpec
 
 SENTENCES = defaults.PROJECT_ROOT / "deploy" / "sentences.txt"
 
@@ -22,7 +22,7 @@ def bench_target(model: ModelSpec, url: str, protocol: str, batch: int = 1):
     lead = (batch,) if model.batched else ()
     outputs = tuple(t.name for t in model.outputs)
     work = model.workload
-    if model.pipeline in ("text-embedding", "text-classification"):
+    if model.pipeline in TOKEN_PIPELINES:
         if model.pipeline == "text-classification":
             outputs += ("probabilities", "label")
         texts = load_texts(work.path) if work is not None and work.kind == "texts" else load_texts()
