@@ -39,6 +39,43 @@ def bench_example(repo: Path, grpc_port: int | str, model: str, counted: str, re
     return report
 
 
+def compile_recording_ops(module):
+    """(torch.compile(module, dynamic) whose backend records every op of the graph it is handed, that set)."""
+    import torch
+    from torch._dynamo.backends.common import aot_autograd
+    ops: set[str] = set()
+
+    def record(gm, _example_inputs):
+        ops.update(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+    torch._dynamo.reset()
+    return torch.compile(module, backend=aot_autograd(fw_compiler=record), dynamic=True), ops
+
+
+def infer_texts_at_once(url: str, model: str, texts, output: str, timeout_s: float = 120):
+    """One single-text gRPC request per text, all in flight together (the batcher groups texts of different
+    lengths); the outputs stacked in the texts' order. Fails on any error or missing answer."""
+    import time
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    client = grpcclient.InferenceServerClient(url)
+    results = {}
+
+    def done(i):
+        return lambda result, error: results.__setitem__(i, error or result.as_numpy(output))
+    for i, text in enumerate(texts):
+        tensor = grpcclient.InferInput("text", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
+        client.async_infer(model, [tensor], callback=done(i))
+    deadline = time.monotonic() + timeout_s
+    while len(results) < len(texts) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    errors = [str(r) for r in results.values() if not isinstance(r, np.ndarray)]
+    assert len(results) == len(texts) and not errors, (len(results), errors)
+    return np.concatenate([results[i] for i in range(len(texts))])
+
+
 def live_processes():
     """(pid, command line) of every live (non-zombie) process except this one, via /proc."""
     for proc in Path("/proc").iterdir():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import compile_recording_ops
 from tritonkit.torch_export import bert_module
 
 
@@ -34,19 +35,10 @@ def _inputs(batch, length):
 
 
 def test_compiled_graph_has_no_gemm_and_same_numbers(bert):
-    from torch._dynamo.backends.common import aot_autograd
-
     plain = _encoder(bert)
     opaque = bert.opaque_gemms(_encoder(bert))
     assert sum(type(m).__name__ == "_OpaqueLinear" for m in opaque.modules()) == 2 * 4
-    ops: set[str] = set()
-
-    def record(gm, _example_inputs):
-        ops.update(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-        return gm
-
-    torch._dynamo.reset()
-    compiled = torch.compile(opaque, backend=aot_autograd(fw_compiler=record), dynamic=True)
+    compiled, ops = compile_recording_ops(opaque)
     with torch.inference_mode():
         for batch, length in ((1, 16), (3, 32), (5, 48)):
             ids, mask = _inputs(batch, length)

@@ -128,3 +128,31 @@ def test_bench_sends_the_spec_texts(sentiment_server, tmp_path):
     report = bench_example(s.repo, s.grpc_url.rsplit(":", 1)[1], "sentiment", "sentiment_classifier", tmp_path,
                            requests=100)
     assert report["payload"]["variants"] == 16, report["payload"]      # the 16 texts of held_out.txt
+
+
+def test_a_model_without_token_type_ids_exports_to_onnx_and_to_a_program(folder, tmp_path):
+    """Another architecture than BERT: DistilBERT has no token_type_ids and no pooler. Both exports (ONNX for
+    the CPU, the torch.export program for the GPU) must match transformers (a tiny seeded DistilBERT with the
+    example's tokenizer: the mechanics, not the accuracy)."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from tritonkit.huggingface_source import export_sequence_classifier
+    from tritonkit.spec import load_spec
+    from tritonkit.torch_program import export_program
+    tiny = tmp_path / "model"
+    shutil.copytree(folder, tiny)
+    (tiny / "model.safetensors").unlink()
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=30522, dim=32, n_layers=1, n_heads=2, hidden_dim=64, num_labels=2,
+                              id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    DistilBertForSequenceClassification(config).eval().save_pretrained(str(tiny))
+    (tmp_path / "models.yaml").write_text((EXAMPLE / "models.yaml").read_text())
+    shutil.copy(EXAMPLE / "held_out.txt", tmp_path)
+    sm = load_spec(tmp_path / "models.yaml").models[0]
+    texts, _ = _reviews("held_out.tsv")
+    onnx = export_sequence_classifier(tiny, tmp_path / "model.onnx", texts, input_names=("input_ids", "attention_mask"),
+                                      output_name="logits", atol=1e-4, rtol=1e-4, max_length=256)
+    program = export_program(sm, tiny, tmp_path / "model.pt2", "fp32", atol=1e-4, rtol=1e-4)
+    for record in (onnx, program):
+        assert record["validation"]["top1_agreement"] == 1.0 and record["validation"]["max_abs_error"] <= 1e-4

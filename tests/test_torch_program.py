@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import cli, free_ports
+from tests.conftest import cli, compile_recording_ops, free_ports, infer_texts_at_once
 from tritonkit.hardware import declared
 from tritonkit.plan import InstanceGroup
 from tritonkit.policy import plan
@@ -86,7 +85,6 @@ def test_concurrent_texts_of_mixed_lengths_match_transformers(sentiment_server):
     """Single-text requests sent at once, so the batcher groups texts of different lengths: padding to the
     buckets and slicing the answers back must not mix up or distort any of them (gRPC and HTTP)."""
     import torch
-    import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from tests.test_text_classification import EXAMPLE, _reviews
@@ -99,21 +97,7 @@ def test_concurrent_texts_of_mixed_lengths_match_transformers(sentiment_server):
         expected = torch.softmax(model(**tok(texts, padding=True, truncation=True, max_length=256,
                                              return_tensors="pt")).logits, -1).numpy()
     s = sentiment_server
-    client = grpcclient.InferenceServerClient(s.grpc_url)
-    results = {}
-
-    def done(i):
-        return lambda result, error: results.__setitem__(i, error or result.as_numpy("probabilities"))
-    for i, text in enumerate(texts):
-        tensor = grpcclient.InferInput("text", [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
-        client.async_infer("sentiment", [tensor], callback=done(i))
-    deadline = time.monotonic() + 120
-    while len(results) < len(texts) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    errors = [str(r) for r in results.values() if not isinstance(r, np.ndarray)]
-    assert len(results) == len(texts) and not errors, (len(results), errors)
-    np.testing.assert_allclose(np.concatenate([results[i] for i in range(len(texts))]), expected, atol=1e-4)
+    np.testing.assert_allclose(infer_texts_at_once(s.grpc_url, "sentiment", texts, "probabilities"), expected, atol=1e-4)
     http = httpclient.InferenceServerClient(s.http_url)
     tensor = httpclient.InferInput("text", [len(texts), 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=object))
@@ -127,8 +111,6 @@ def test_small_gpu_mode_hands_every_gemm_of_the_program_to_cublas(sentiment_serv
     import importlib.util
 
     import torch
-    from torch._dynamo.backends.common import aot_autograd
-
     from tritonkit import defaults
     from tritonkit.torch_program import load_program
     spec = importlib.util.spec_from_file_location("opaque_gemms", defaults.TEMPLATES_DIR / "python" / "opaque_gemms.py")
@@ -141,13 +123,7 @@ def test_small_gpu_mode_hands_every_gemm_of_the_program_to_cublas(sentiment_serv
     with torch.inference_mode():
         want = program(ids, mask)[0]
     gemms.opaque_gemms(program)
-    ops: set[str] = set()
-
-    def record(gm, _example_inputs):
-        ops.update(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-        return gm
-    torch._dynamo.reset()
-    compiled = torch.compile(program, backend=aot_autograd(fw_compiler=record), dynamic=True)
+    compiled, ops = compile_recording_ops(program)
     with torch.inference_mode():
         torch.testing.assert_close(compiled(ids, mask)[0], want, rtol=1e-5, atol=1e-5)
     assert "tritonkit_gemm.linear.default" in ops, sorted(ops)

@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tests.conftest import free_ports
+from tests.conftest import free_ports, infer_texts_at_once
 from tritonkit import defaults
 from tritonkit.hardware import declared
 from tritonkit.plan import InstanceGroup
@@ -73,23 +73,7 @@ def test_build_saved_the_transformer_and_validated_it(torch_server):
 
 def test_concurrent_requests_of_mixed_lengths_match_sentence_transformers(torch_server, reference):
     """Grouping by length, bucket padding and DLPack hand-off must not mix up or distort any answer."""
-    import tritonclient.grpc as grpcclient
     server, _ = torch_server
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    results = {}
-
-    def done(i):
-        return lambda result, error: results.__setitem__(i, error or result.as_numpy("embedding"))
-    for i, text in enumerate(TEXTS):
-        inp = grpcclient.InferInput("text", [1, 1], "BYTES")
-        inp.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
-        client.async_infer("minilm", [inp], callback=done(i))
-    import time
-    deadline = time.monotonic() + 60
-    while len(results) < len(TEXTS) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    errors = [str(r) for r in results.values() if not isinstance(r, np.ndarray)]
-    assert len(results) == len(TEXTS) and not errors, (len(results), errors)
-    got = np.concatenate([results[i] for i in range(len(TEXTS))])
+    got = infer_texts_at_once(server.grpc_url, "minilm", TEXTS, "embedding", timeout_s=60)
     cos = np.sum(got * reference, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1))
     assert cos.min() >= 0.9999, cos

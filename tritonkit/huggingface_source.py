@@ -57,7 +57,12 @@ def folder_facts(folder: Path) -> FolderFacts:
 
 
 def _logits_module(model):
+    """``forward(input_ids, attention_mask) -> logits``; token_type_ids (all zeros: one text) only for models that
+    take them (BERT does; DistilBERT's forward has no such argument)."""
+    import inspect
+
     import torch
+    segments = "token_type_ids" in inspect.signature(model.forward).parameters
 
     class Logits(torch.nn.Module):
         def __init__(self):
@@ -65,8 +70,8 @@ def _logits_module(model):
             self.model = model
 
         def forward(self, input_ids, attention_mask):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=torch.zeros_like(input_ids)).logits
+            extra = {"token_type_ids": torch.zeros_like(input_ids)} if segments else {}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
     return Logits().eval()
 
 
