@@ -208,6 +208,13 @@ def _make_onnx(ctx: BuildContext, out: Path) -> dict:
         from .pytorch_source import export_pytorch
         ctx.step("exporting the PyTorch module to ONNX and validating it against the module")
         return export_pytorch(sm, out, atol=tol.atol, rtol=tol.rtol)
+    if sm.source.format == "huggingface" and sm.pipeline == "image-classification":
+        from .huggingface_source import load_image_classifier
+        from .pytorch_source import export_module
+        ctx.step("exporting the transformers image classifier to ONNX and validating it against the model")
+        return export_module(load_image_classifier(ctx.source), sm, out, f"{sm.name}: source {sm.source.path}",
+                             "transformers AutoModelForImageClassification (eager, FP32, CPU)",
+                             atol=tol.atol, rtol=tol.rtol)
     if sm.source.format == "huggingface":
         from .huggingface_source import export_sequence_classifier
         from .quantize import gate_texts

@@ -56,6 +56,80 @@ def folder_facts(folder: Path) -> FolderFacts:
                        max_length=min(sizes) if sizes else None)
 
 
+# Pillow's resampling numbers, as Hugging Face image processors store them -> the spec's filter names.
+PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+CHANNEL_MODES = {1: "L", 3: "RGB"}
+
+
+def image_settings(folder: Path, where: str) -> dict:
+    """The spec's ``image`` block from the folder's preprocessor_config.json (and config.json num_channels):
+    resize to {height, width}, optional centre crop, x * 1/255, (x - mean) / std. What the kit's pre-processing
+    cannot reproduce exactly is refused, naming the key."""
+    folder = Path(folder)
+    try:
+        proc = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError("the Hugging Face folder has no preprocessor_config.json", where=str(folder),
+                        expected="the image processor saved beside the model (processor.save_pretrained(path))",
+                        fix="save it, or give the transforms in the spec: image: {size, crop, mode, mean, std}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"preprocessor_config.json is not readable JSON: {exc}", where=where) from None
+    channels = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("num_channels", 3)
+
+    def refuse(key, actual, expected):
+        raise UserError("the image processor does something the kit's pre-processing does not", where=f"{where}: {key}",
+                        actual=actual, expected=expected, fix="give the transforms in the spec instead: "
+                        "image: {size: [h, w], crop: [h, w], mode, mean, std, resample}")
+
+    def pair(key):
+        value = proc.get(key)
+        if not (isinstance(value, dict) and {"height", "width"} <= set(value)):
+            refuse(key, value, "{height, width} (a fixed size; shortest_edge resizing keeps the aspect ratio)")
+        return [value["height"], value["width"]]
+    if not proc.get("do_resize", True):
+        refuse("do_resize", False, "true: the classifier takes one fixed size")
+    size = pair("size")
+    crop = pair("crop_size") if proc.get("do_center_crop", False) else size
+    factor = proc.get("rescale_factor", 1 / 255)
+    if not proc.get("do_rescale", True) or abs(factor - 1 / 255) > 1e-9:
+        refuse("rescale_factor", factor if proc.get("do_rescale", True) else "do_rescale: false", "1/255")
+    if channels not in CHANNEL_MODES:
+        refuse("num_channels (config.json)", channels, list(CHANNEL_MODES))
+    resample = proc.get("resample", 2)
+    if resample not in PIL_RESAMPLE:
+        refuse("resample", resample, {k: v for k, v in PIL_RESAMPLE.items()})
+    normalize = proc.get("do_normalize", True)
+    mean = proc.get("image_mean") if normalize else [0.0] * channels
+    std = proc.get("image_std") if normalize else [1.0] * channels
+    return {"size": size, "crop": crop, "mode": CHANNEL_MODES[channels], "mean": mean, "std": std,
+            "resample": PIL_RESAMPLE[resample]}
+
+
+def load_image_classifier(folder: Path):
+    """``forward(pixel_values) -> logits`` of AutoModelForImageClassification, in eval mode."""
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    from .sources import quiet_transformers
+    quiet_transformers()
+    try:
+        model = AutoModelForImageClassification.from_pretrained(str(folder), local_files_only=True,
+                                                                attn_implementation="eager").eval()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"transformers cannot load the folder: {str(exc).splitlines()[0][:300]}",
+                        where=f"source {folder}",
+                        expected="an image-classification model saved with save_pretrained()") from None
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args):   # spec order, like every module the exports take: (pixel_values,)
+            return (self.model(pixel_values=args[0]).logits,)
+    return Logits().eval()
+
+
 def _logits_module(model):
     """``forward(input_ids, attention_mask) -> logits``; token_type_ids (all zeros: one text) only for models that
     take them (BERT does; DistilBERT's forward has no such argument)."""

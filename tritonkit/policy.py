@@ -510,12 +510,12 @@ def _image_classification(model: ModelSpec, hw: Hardware, server: ServerTarget, 
     pre = _python_step(
         model, pre_name, "preprocess", "pillow", (image,), (TensorConfig(pixels.name, "FP32", model.triton_dims(pixels)),),
         (("size", json.dumps(list(prep.size))), ("crop", json.dumps(list(prep.crop))), ("mode", prep.mode),
-         ("mean", json.dumps(list(prep.mean))), ("std", json.dumps(list(prep.std))),
+         ("mean", json.dumps(list(prep.mean))), ("std", json.dumps(list(prep.std))), ("resample", prep.resample),
          ("max_bytes", str(defaults.IMAGE_MAX_BYTES)), ("max_pixels", str(defaults.IMAGE_MAX_PIXELS))),
         "image_preprocess.py.j2", ("image_ops.py",))
     decide(pre_name, "backend", "python (pillow)", f"decode (JPEG/PNG, at most {defaults.IMAGE_MAX_PIXELS:,} pixels), "
-           f"{prep.mode}, resize to {prep.size[0]}x{prep.size[1]}, centre crop {prep.crop[0]}x{prep.crop[1]}, "
-           "normalise with the spec's mean/std: the classifier's own transforms, on the server")
+           f"{prep.mode}, resize to {prep.size[0]}x{prep.size[1]} ({prep.resample}), centre crop {prep.crop[0]}x{prep.crop[1]}, "
+           f"normalise with {prep.origin}'s mean/std: the classifier's own transforms, on the server")
     post = _classify_post(model, post_name, decide)
     ensemble = TritonModel(
         name=ens_name, role="ensemble", source_model=model.name, backend="ensemble", max_batch_size=model.max_batch_size,

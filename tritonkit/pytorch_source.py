@@ -147,11 +147,18 @@ def load_spec_module(spec_model):
 
 def export_pytorch(spec_model, out: Path, *, atol: float, rtol: float, opset: int = defaults.ONNX_OPSET) -> dict:
     """Load, export (TorchScript exporter, the spec's named axes dynamic) and validate; the build.json record."""
+    wrapped, where = load_spec_module(spec_model)
+    return export_module(wrapped, spec_model, out, where, "the PyTorch module (eager, FP32, CPU)",
+                         atol=atol, rtol=rtol, opset=opset)
+
+
+def export_module(wrapped, spec_model, out: Path, where: str, reference: str, *, atol: float, rtol: float,
+                  opset: int = defaults.ONNX_OPSET) -> dict:
+    """A spec-order module exported to ONNX at ``out`` and checked against itself at the min/opt/max shapes."""
     import torch
 
     from .compare import compare_outputs, run_onnx
     from .export import EXPORTER, torch_onnx_export
-    wrapped, where = load_spec_module(spec_model)
     names = [t.name for t in spec_model.inputs]
     trace = feeds(spec_model, "opt", defaults.VALIDATION_SEED)
     axes = {t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str)}
@@ -182,5 +189,5 @@ def export_pytorch(spec_model, out: Path, *, atol: float, rtol: float, opset: in
                             fix="loosen tolerance.fp32 only if that error is acceptable, or export it yourself "
                                 "(source.format: onnx)")
     return {"tool": EXPORTER, "opset": opset, "export_seconds": round(seconds, 2),
-            "validation": {"reference": "the PyTorch module (eager, FP32, CPU)", "shapes": checked,
+            "validation": {"reference": reference, "shapes": checked,
                            "samples": len(SHAPES), "max_abs_error": worst.max_abs_error, "atol": atol, "rtol": rtol}}

@@ -23,6 +23,7 @@ TOKEN_PIPELINES = ("text-embedding", "text-classification")   # a tokenizer feed
 # A pipeline's tokenizer or labels come from its source: the formats that carry them.
 PIPELINE_SOURCES = {"text-embedding": ("sentence-transformers",), "text-classification": ("huggingface",)}
 IMAGE_MODES = {"L": 1, "RGB": 3}    # PIL mode -> channels
+RESAMPLE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos")   # image_ops.RESAMPLE
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4")
 TOLERANCE_KEYS = ("atol", "rtol", "min_cosine", "min_neighbour_overlap")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
@@ -85,6 +86,8 @@ class ImagePreprocess:
     mode: str                        # PIL mode: "L" (1 channel) or "RGB" (3)
     mean: tuple[float, ...]          # per channel, on the 0..1 scale
     std: tuple[float, ...]
+    resample: str = "bilinear"       # resize filter (image_ops.RESAMPLE)
+    origin: str = "the spec"         # where these settings come from (or the source's preprocessor_config.json)
 
     @property
     def values(self) -> int:
@@ -395,9 +398,9 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
         if image_input in seen:
             ctx.fail(f"{where}.image_input", "the ensemble's image input must not reuse a classifier tensor name",
                      actual=image_input, expected=f"a name other than {sorted(seen)}")
-        image = _image(ctx, f"{where}.image", raw.get("image"))
-        labels = _labels(ctx, f"{where}.labels", raw.get("labels"), base)
-        _check_image_classifier(ctx, where, tensors["inputs"], tensors["outputs"], image, labels)
+        image, labels = _image_classifier(ctx, where, raw, source, base)
+        if image is not None:
+            _check_image_classifier(ctx, where, tensors["inputs"], tensors["outputs"], image, labels)
     else:
         for key in ("image", "image_input") + (() if pipeline == "text-classification" else ("labels",)):
             if key in raw:
@@ -441,6 +444,35 @@ def _check_token_inputs(ctx: _Ctx, where: str, pipeline: str, inputs: tuple[Tens
             ctx.fail(f"{where}.inputs[{i}].dtype", "token tensors are INT64", actual=t.dtype, expected="INT64")
 
 
+def _image_classifier(ctx: _Ctx, where: str, raw: dict, source: Source,
+                      base: Path) -> tuple[ImagePreprocess | None, tuple[str, ...]]:
+    """The pre-processing and the class names: the spec's `image` and `labels`; for a Hugging Face folder, what the
+    spec leaves out comes from its preprocessor_config.json and config.json id2label. None: the folder is not here
+    (a bench client)."""
+    if source.format != "huggingface":
+        return _image(ctx, f"{where}.image", raw.get("image")), _labels(ctx, f"{where}.labels", raw.get("labels"), base)
+    from .huggingface_source import folder_facts, image_settings
+    if not ctx.sources:
+        return None, tuple(str(v) for v in raw.get("labels") or ())
+    facts = folder_facts(Path(source.path))
+    if "image" in raw:
+        image = _image(ctx, f"{where}.image", raw["image"])
+    else:
+        where_file = f"{source.path}/preprocessor_config.json"
+        image = _image(ctx, where_file, image_settings(Path(source.path), where_file), origin="preprocessor_config.json")
+    if raw.get("labels") is not None:
+        labels = _labels(ctx, f"{where}.labels", raw["labels"], base)
+        if facts.labels and len(facts.labels) != len(labels):
+            ctx.fail(f"{where}.labels", "num_labels of the model disagrees with the spec's labels",
+                     actual=f"{len(labels)} labels in the spec", expected=f"{len(facts.labels)} (config.json id2label)")
+    else:
+        labels = facts.labels
+        if not labels:
+            ctx.fail(f"{where}.labels", "classification needs the class names", actual=None,
+                     expected="config.json id2label, or labels: [...] in the spec")
+    return image, labels
+
+
 def _text_labels(ctx: _Ctx, where: str, raw: Any, source: Source, outputs: tuple[Tensor, ...],
                  base: Path) -> tuple[str, ...]:
     """Class names: the spec's `labels`, else the folder's config.id2label; their count is the logits' width."""
@@ -473,12 +505,12 @@ def _pair(ctx: _Ctx, where: str, raw: Any) -> tuple[int, int]:
     return raw[0], raw[1]
 
 
-def _image(ctx: _Ctx, where: str, raw: Any) -> ImagePreprocess:
+def _image(ctx: _Ctx, where: str, raw: Any, origin: str = "the spec") -> ImagePreprocess:
     if raw is None:
         ctx.fail(where, "the image-classification pipeline needs the pre-processing of its images",
                  actual=None, expected="image: {size: [h, w], crop: [h, w], mode: RGB, mean: [...], std: [...]}",
                  fix="copy them from the model's training transforms (e.g. torchvision Resize/CenterCrop/Normalize)")
-    raw = ctx.mapping(where, raw, ("size", "mode", "mean", "std"), ("crop",))
+    raw = ctx.mapping(where, raw, ("size", "mode", "mean", "std"), ("crop", "resample"))
     size = _pair(ctx, f"{where}.size", raw["size"])
     crop = _pair(ctx, f"{where}.crop", raw.get("crop", list(size)))
     if crop[0] > size[0] or crop[1] > size[1]:
@@ -495,7 +527,9 @@ def _image(ctx: _Ctx, where: str, raw: Any) -> ImagePreprocess:
         stats[key] = tuple(float(v) for v in values)
     if not all(v > 0 for v in stats["std"]):
         ctx.fail(f"{where}.std", "must be > 0", actual=list(stats["std"]), expected="numbers > 0")
-    return ImagePreprocess(size=size, crop=crop, mode=mode, mean=stats["mean"], std=stats["std"])
+    resample = ctx.choice(f"{where}.resample", raw.get("resample", "bilinear"), RESAMPLE_FILTERS)
+    return ImagePreprocess(size=size, crop=crop, mode=mode, mean=stats["mean"], std=stats["std"], resample=resample,
+                           origin=origin)
 
 
 def _labels(ctx: _Ctx, where: str, raw: Any, base: Path) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ class everywhere.
 | source      | module                                       | validation inputs                         |
 |-------------|----------------------------------------------|-------------------------------------------|
 | pytorch     | the factory's module, outputs in spec order  | seeded tensors at the spec's min/opt/max  |
+| huggingface image classifier | ``forward(pixel_values) -> logits`` | the same                       |
 | huggingface | ``forward(input_ids, attention_mask) -> logits`` | the gate texts (quantize.gate_texts) tokenized, |
 |             |                                              | then the 8 shortest alone (other sizes)   |
 
@@ -32,11 +33,15 @@ CLASSIFYING = ("text-classification", "image-classification")   # pipelines whos
 
 def _source(sm: ModelSpec, source: Path) -> tuple[object, list[tuple[str, dict]], str, dict]:
     """(module returning the spec's outputs as a tuple, [(label, feed)], reference name, record extras)."""
+    from .pytorch_source import SHAPES, feeds
+    synthetic = [(which, feeds(sm, which, defaults.VALIDATION_SEED + 1 + k)) for k, which in enumerate(SHAPES)]
     if sm.source.format == "pytorch":
-        from .pytorch_source import SHAPES, feeds, load_spec_module
-        module, _ = load_spec_module(sm)
-        return (module, [(which, feeds(sm, which, defaults.VALIDATION_SEED + 1 + k)) for k, which in enumerate(SHAPES)],
-                "the PyTorch module (eager, FP32, CPU)", {})
+        from .pytorch_source import load_spec_module
+        return load_spec_module(sm)[0], synthetic, "the PyTorch module (eager, FP32, CPU)", {}
+    if sm.source.format == "huggingface" and sm.pipeline == "image-classification":
+        from .huggingface_source import load_image_classifier
+        return (load_image_classifier(source), synthetic,
+                "transformers AutoModelForImageClassification (eager, FP32, CPU)", {})
     if sm.source.format == "huggingface":
         from .huggingface_source import load_classifier, token_feeds
         from .quantize import gate_texts

@@ -2,7 +2,7 @@
 
 Copied beside model.py by render; plain Pillow + NumPy, so the same code is the in-process reference the
 tests and benchmarks compare the server with. Order (torchvision's classic transforms): decode, convert to
-the mode, resize to `size` (bilinear), centre crop to `crop`, scale to 0..1, (x - mean) / std, channels first.
+the mode, resize to `size` (bilinear unless the spec says), centre crop to `crop`, scale to 0..1, (x - mean) / std, channels first.
 """
 
 import io
@@ -34,10 +34,14 @@ def decode(data: bytes, max_bytes: int, max_pixels: int) -> "Image.Image":
     return image
 
 
-def to_values(image: "Image.Image", size, crop, mode: str, mean, std) -> np.ndarray:
+# The spec's resampling filter names -> Pillow's filters (Hugging Face image processors store Pillow's numbers).
+RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
+
+
+def to_values(image: "Image.Image", size, crop, mode: str, mean, std, resample: str = "bilinear") -> np.ndarray:
     """FP32 array [channels, crop_h, crop_w] of one decoded image."""
     (height, width), (crop_h, crop_w) = size, crop
-    image = image.convert(mode).resize((width, height), Image.BILINEAR)
+    image = image.convert(mode).resize((width, height), RESAMPLE[resample])
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
     x = np.asarray(image, dtype=np.float32)[top:top + crop_h, left:left + crop_w] / 255.0
     x = x.reshape(crop_h, crop_w, -1)

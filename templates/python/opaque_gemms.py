@@ -3,13 +3,17 @@
 Copied beside model.py by render (templates/python/program_torch.py.j2 loads it); tests import it from here.
 """
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 
 # GEMM-like ATen ops handed to cuBLAS as opaque ops.
 GEMMS = ("linear", "mm", "addmm", "bmm", "matmul")
+# Convolutions, handed to cuDNN the same way: inductor's conv templates make the same SM check (a ViT's patch
+# embedding printed the warning on an H200 limited to 38 SMs). Spatial dims of each; defaults of the ATen
+# schema filled in for the arguments a graph node leaves out.
+CONVOLUTIONS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
 
 
 def opaque_gemms(graph_module):
@@ -19,7 +23,7 @@ def opaque_gemms(graph_module):
     GPU below its threshold, prints "Not enough SMs to use max_autotune_gemm mode" before choosing cuBLAS
     anyway. Same numbers as eager (the same cuBLAS calls)."""
     ops = _register_gemms()
-    aten = {getattr(torch.ops.aten, name).default: name for name in GEMMS}
+    aten = {getattr(torch.ops.aten, name).default: name for name in (*GEMMS, *CONVOLUTIONS)}
     for gm in graph_module.modules():
         if not isinstance(gm, torch.fx.GraphModule):
             continue
@@ -28,7 +32,7 @@ def opaque_gemms(graph_module):
             name = aten.get(node.target) if node.op == "call_function" else None
             if name and not node.kwargs:
                 node.target = ops[name]
-                node.args = tuple(node.args) + ((None,) if name == "linear" and len(node.args) == 2 else ())
+                node.args = tuple(node.args) + _defaults(name)[len(node.args):]
                 changed = True
         if changed:
             gm.recompile()
@@ -48,14 +52,35 @@ def _register_gemms():
 
         linear.register_fake(F.linear)
         addmm.register_fake(torch.addmm)
+        for name in CONVOLUTIONS:
+            fn = getattr(F, name)
+            op = torch.library.custom_op(f"tritonkit_gemm::{name}", _convolution(fn), mutates_args=())
+            op.register_fake(fn)
         for name in ("mm", "bmm", "matmul"):
             fn = getattr(torch, name)
             op = torch.library.custom_op(f"tritonkit_gemm::{name}", _two_operands(fn), mutates_args=())
             op.register_fake(fn)
-    return {name: getattr(lib, name).default for name in GEMMS}
+    return {name: getattr(lib, name).default for name in (*GEMMS, *CONVOLUTIONS)}
 
 
 def _two_operands(fn):
     def op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return fn(a, b)
+    return op
+
+
+def _defaults(name):
+    """Every argument of the custom op, with the ATen default where a node may leave it out (None: required)."""
+    if name == "linear":
+        return (None, None, None)                                     # x, weight, bias
+    if name in CONVOLUTIONS:
+        n = CONVOLUTIONS[name]
+        return (None, None, None, [1] * n, [0] * n, [1] * n, 1)      # x, weight, bias, stride, padding, dilation, groups
+    return ()
+
+
+def _convolution(fn):
+    def op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: List[int],
+           padding: List[int], dilation: List[int], groups: int) -> torch.Tensor:
+        return fn(x, weight, bias, stride, padding, dilation, groups)
     return op
