@@ -51,7 +51,9 @@ def _copy(tmp_path: Path, change: dict | None = None, drop: bool = False) -> Pat
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"size": {"shortest_edge": 8}}, r"size.*shortest_edge.*\{height, width\}"),
+    ({"size": {"shortest_edge": 8}}, r"do_center_crop.*got False.*crop_size"),
+    ({"size": {"shortest_edge": 8}, "do_center_crop": True, "crop_size": {"height": 8, "width": 8}, "crop_pct": 0.875},
+     r"crop_pct.*got 0\.875"),
     ({"rescale_factor": 1.0}, r"rescale_factor.*got 1\.0.*1/255"),
     ({"resample": 4}, r"resample.*got 4"),
     ({"do_center_crop": True, "crop_size": {"height": 6, "width": 6}}, r"does not hold one pre-processed image.*36 values"),
@@ -65,6 +67,34 @@ def test_an_image_processor_the_kit_cannot_reproduce_is_refused_naming_the_key(t
     with pytest.raises(UserError) as err:
         load_spec(spec)
     assert re.search(message, " ".join(str(err.value).split()), re.S), str(err.value)
+
+
+def test_a_shortest_edge_processor_is_read_and_reproduced_exactly(tmp_path):
+    """size {shortest_edge} + crop_size (CLIP-style): the spec gets an int size, and image_ops' resize (long edge
+    int(size x long / short), Pillow's filter) and crop give the processor's own values on non-square images."""
+    import importlib.util
+
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    from tritonkit import defaults
+    from tritonkit.spec import load_spec
+    change = {"size": {"shortest_edge": 8}, "do_center_crop": True, "crop_size": {"height": 8, "width": 8},
+              "resample": 3}
+    image = load_spec(_copy(tmp_path, change)).models[0].image
+    assert (image.size, image.crop, image.resample) == (8, (8, 8), "bicubic")
+    spec = importlib.util.spec_from_file_location("image_ops", defaults.TEMPLATES_DIR / "python" / "image_ops.py")
+    ops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ops)
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.3, 0.25]
+    processor = CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8},
+                                   do_center_crop=True, resample=3, image_mean=mean, image_std=std)
+    rng = np.random.default_rng(0)
+    for width, height in ((12, 9), (9, 12), (31, 10), (11, 13), (8, 8)):
+        picture = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+        want = processor(picture, return_tensors="np")["pixel_values"][0]
+        got = ops.to_values(picture, 8, [8, 8], "RGB", mean, std, "bicubic")
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{width}x{height}")
 
 
 def _transformers_probabilities():

@@ -84,11 +84,19 @@ def image_settings(folder: Path, where: str) -> dict:
     def pair(key):
         value = proc.get(key)
         if not (isinstance(value, dict) and {"height", "width"} <= set(value)):
-            refuse(key, value, "{height, width} (a fixed size; shortest_edge resizing keeps the aspect ratio)")
+            refuse(key, value, "{height, width}")
         return [value["height"], value["width"]]
     if not proc.get("do_resize", True):
         refuse("do_resize", False, "true: the classifier takes one fixed size")
-    size = pair("size")
+    size = proc.get("size")
+    if isinstance(size, dict) and set(size) == {"shortest_edge"}:
+        size = size["shortest_edge"]
+        if not proc.get("do_center_crop", False):
+            refuse("do_center_crop", False, "true with crop_size: a shortest-edge resize leaves images of other shapes")
+        if proc.get("crop_pct") is not None:
+            refuse("crop_pct", proc["crop_pct"], "no crop_pct (resize, then centre crop to crop_size)")
+    else:
+        size = pair("size")
     crop = pair("crop_size") if proc.get("do_center_crop", False) else size
     factor = proc.get("rescale_factor", 1 / 255)
     if not proc.get("do_rescale", True) or abs(factor - 1 / 255) > 1e-9:

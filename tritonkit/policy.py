@@ -509,12 +509,14 @@ def _image_classification(model: ModelSpec, hw: Hardware, server: ServerTarget, 
     prep = model.image
     pre = _python_step(
         model, pre_name, "preprocess", "pillow", (image,), (TensorConfig(pixels.name, "FP32", model.triton_dims(pixels)),),
-        (("size", json.dumps(list(prep.size))), ("crop", json.dumps(list(prep.crop))), ("mode", prep.mode),
+        (("size", json.dumps(prep.size if isinstance(prep.size, int) else list(prep.size))),
+         ("crop", json.dumps(list(prep.crop))), ("mode", prep.mode),
          ("mean", json.dumps(list(prep.mean))), ("std", json.dumps(list(prep.std))), ("resample", prep.resample),
          ("max_bytes", str(defaults.IMAGE_MAX_BYTES)), ("max_pixels", str(defaults.IMAGE_MAX_PIXELS))),
         "image_preprocess.py.j2", ("image_ops.py",))
+    resize = (f"the shortest edge to {prep.size}" if isinstance(prep.size, int) else f"to {prep.size[0]}x{prep.size[1]}")
     decide(pre_name, "backend", "python (pillow)", f"decode (JPEG/PNG, at most {defaults.IMAGE_MAX_PIXELS:,} pixels), "
-           f"{prep.mode}, resize to {prep.size[0]}x{prep.size[1]} ({prep.resample}), centre crop {prep.crop[0]}x{prep.crop[1]}, "
+           f"{prep.mode}, resize {resize} ({prep.resample}), centre crop {prep.crop[0]}x{prep.crop[1]}, "
            f"normalise with {prep.origin}'s mean/std: the classifier's own transforms, on the server")
     post = _classify_post(model, post_name, decide)
     ensemble = TritonModel(

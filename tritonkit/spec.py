@@ -81,7 +81,7 @@ WORKLOAD_KINDS = ("texts", "data", "files")
 class ImagePreprocess:
     """image-classification: decode -> mode -> resize to `size` -> centre crop to `crop` -> x/255 -> (x-mean)/std,
     channels first, then reshaped to the classifier's input dims (what torchvision's classic transforms do)."""
-    size: tuple[int, int]            # (height, width) after resizing
+    size: tuple[int, int] | int      # (height, width) after resizing, or the shortest edge (aspect ratio kept)
     crop: tuple[int, int]            # (height, width) of the centre crop; == size: no crop
     mode: str                        # PIL mode: "L" (1 channel) or "RGB" (3)
     mean: tuple[float, ...]          # per channel, on the 0..1 scale
@@ -501,7 +501,8 @@ def _text_labels(ctx: _Ctx, where: str, raw: Any, source: Source, outputs: tuple
 def _pair(ctx: _Ctx, where: str, raw: Any) -> tuple[int, int]:
     if (not isinstance(raw, list) or len(raw) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw)):
-        ctx.fail(where, "must be [height, width] in pixels", actual=raw, expected="two integers > 0, e.g. [224, 224]")
+        ctx.fail(where, "must be [height, width] in pixels", actual=raw, expected="two integers > 0, e.g. [224, 224]"
+                 + (" (size may also be one integer: the shortest edge)" if where.endswith(".size") else ""))
     return raw[0], raw[1]
 
 
@@ -511,11 +512,20 @@ def _image(ctx: _Ctx, where: str, raw: Any, origin: str = "the spec") -> ImagePr
                  actual=None, expected="image: {size: [h, w], crop: [h, w], mode: RGB, mean: [...], std: [...]}",
                  fix="copy them from the model's training transforms (e.g. torchvision Resize/CenterCrop/Normalize)")
     raw = ctx.mapping(where, raw, ("size", "mode", "mean", "std"), ("crop", "resample"))
-    size = _pair(ctx, f"{where}.size", raw["size"])
-    crop = _pair(ctx, f"{where}.crop", raw.get("crop", list(size)))
-    if crop[0] > size[0] or crop[1] > size[1]:
+    if isinstance(raw["size"], int) and not isinstance(raw["size"], bool) and raw["size"] > 0:
+        size = raw["size"]     # the shortest edge: the other depends on the image, so the crop fixes the shape
+        if "crop" not in raw:
+            ctx.fail(f"{where}.crop", "a shortest-edge resize needs a crop to give every image one shape",
+                     actual=None, expected=f"crop: [h, w], each <= {size}")
+        crop = _pair(ctx, f"{where}.crop", raw["crop"])
+        limit = [size, size]
+    else:
+        size = _pair(ctx, f"{where}.size", raw["size"])
+        crop = _pair(ctx, f"{where}.crop", raw.get("crop", list(size)))
+        limit = list(size)
+    if crop[0] > limit[0] or crop[1] > limit[1]:
         ctx.fail(f"{where}.crop", "the crop is larger than the resized image", actual=list(crop),
-                 expected=f"<= size {list(size)}")
+                 expected=f"<= {limit}")
     mode = ctx.choice(f"{where}.mode", raw["mode"], tuple(IMAGE_MODES))
     stats = {}
     for key in ("mean", "std"):

@@ -2,7 +2,7 @@
 
 Copied beside model.py by render; plain Pillow + NumPy, so the same code is the in-process reference the
 tests and benchmarks compare the server with. Order (torchvision's classic transforms): decode, convert to
-the mode, resize to `size` (bilinear unless the spec says), centre crop to `crop`, scale to 0..1, (x - mean) / std, channels first.
+the mode, resize to `size` ([h, w], or an int: the shortest edge; bilinear unless the spec says), centre crop to `crop`, scale to 0..1, (x - mean) / std, channels first.
 """
 
 import io
@@ -38,9 +38,20 @@ def decode(data: bytes, max_bytes: int, max_pixels: int) -> "Image.Image":
 RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 
 
+def resized(width: int, height: int, size) -> tuple[int, int]:
+    """(height, width) after resizing: `size` [h, w] exactly, or an int for the shortest edge with the aspect ratio
+    kept (the long edge int(size x long / short), as torchvision's Resize(int) and Hugging Face's processors)."""
+    if not isinstance(size, int):
+        return size[0], size[1]
+    if width <= height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
 def to_values(image: "Image.Image", size, crop, mode: str, mean, std, resample: str = "bilinear") -> np.ndarray:
     """FP32 array [channels, crop_h, crop_w] of one decoded image."""
-    (height, width), (crop_h, crop_w) = size, crop
+    height, width = resized(image.width, image.height, size)
+    crop_h, crop_w = crop
     image = image.convert(mode).resize((width, height), RESAMPLE[resample])
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
     x = np.asarray(image, dtype=np.float32)[top:top + crop_h, left:left + crop_w] / 255.0
