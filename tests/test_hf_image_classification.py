@@ -52,10 +52,9 @@ def _copy(tmp_path: Path, change: dict | None = None, drop: bool = False) -> Pat
 
 @pytest.mark.parametrize("change, message", [
     ({"size": {"shortest_edge": 8}}, r"do_center_crop.*got False.*crop_size"),
-    ({"size": {"shortest_edge": 8}, "do_center_crop": True, "crop_size": {"height": 8, "width": 8}, "crop_pct": 0.875},
-     r"crop_pct.*got 0\.875"),
     ({"rescale_factor": 1.0}, r"rescale_factor.*got 1\.0.*1/255"),
     ({"resample": 4}, r"resample.*got 4"),
+    ({"do_pad": True}, r"do_pad.*got True.*resize, crop, rescale and normalise only"),
     ({"do_center_crop": True, "crop_size": {"height": 6, "width": 6}}, r"does not hold one pre-processed image.*36 values"),
     (None, r"no preprocessor_config\.json"),
 ])
@@ -69,31 +68,40 @@ def test_an_image_processor_the_kit_cannot_reproduce_is_refused_naming_the_key(t
     assert re.search(message, " ".join(str(err.value).split()), re.S), str(err.value)
 
 
-def test_a_shortest_edge_processor_is_read_and_reproduced_exactly(tmp_path):
-    """size {shortest_edge} + crop_size (CLIP-style): the spec gets an int size, and image_ops' resize (long edge
-    int(size x long / short), Pillow's filter) and crop give the processor's own values on non-square images."""
+CLIP_STYLE = {"size": {"shortest_edge": 8}, "do_center_crop": True, "crop_size": {"height": 8, "width": 8}}
+CONVNEXT_STYLE = {"size": {"shortest_edge": 8}, "crop_pct": 0.875}   # edge / crop_pct = 9, then the centre 8 x 8
+
+
+@pytest.mark.parametrize("style, processor", [(CLIP_STYLE, "CLIPImageProcessor"),
+                                              (CONVNEXT_STYLE, "ConvNextImageProcessor")])
+def test_shortest_edge_processors_are_read_and_reproduced_exactly(tmp_path, style, processor):
+    """A shortest-edge resize (CLIP-style with crop_size, ConvNeXt/ResNet-style with crop_pct): the spec gets an
+    int size and a crop, and image_ops (long edge int(size x long / short), Pillow's filter, centre crop) gives the
+    processor's own values on non-square images."""
     import importlib.util
 
+    import transformers
     from PIL import Image
-    from transformers import CLIPImageProcessor
 
     from tritonkit import defaults
     from tritonkit.spec import load_spec
-    change = {"size": {"shortest_edge": 8}, "do_center_crop": True, "crop_size": {"height": 8, "width": 8},
-              "resample": 3}
-    image = load_spec(_copy(tmp_path, change)).models[0].image
-    assert (image.size, image.crop, image.resample) == (8, (8, 8), "bicubic")
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.3, 0.25]
+    folder_settings = style | {"resample": 3, "image_mean": mean, "image_std": std}
+    spec_path = _copy(tmp_path, folder_settings)
+    config = json.loads((tmp_path / "model" / "config.json").read_text()) | {"num_channels": 3}
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    spec_path.write_text(spec_path.read_text().replace("[batch, 1, 8, 8]", "[batch, 3, 8, 8]"))
+    image = load_spec(spec_path).models[0].image
+    assert (isinstance(image.size, int), image.crop, image.mode, image.resample) == (True, (8, 8), "RGB", "bicubic")
     spec = importlib.util.spec_from_file_location("image_ops", defaults.TEMPLATES_DIR / "python" / "image_ops.py")
     ops = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ops)
-    mean, std = [0.4, 0.5, 0.6], [0.2, 0.3, 0.25]
-    processor = CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8},
-                                   do_center_crop=True, resample=3, image_mean=mean, image_std=std)
+    reference = getattr(transformers, processor)(**folder_settings)
     rng = np.random.default_rng(0)
-    for width, height in ((12, 9), (9, 12), (31, 10), (11, 13), (8, 8)):
+    for width, height in ((12, 9), (9, 12), (31, 10), (11, 13), (8, 8), (500, 420)):
         picture = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
-        want = processor(picture, return_tensors="np")["pixel_values"][0]
-        got = ops.to_values(picture, 8, [8, 8], "RGB", mean, std, "bicubic")
+        want = reference(picture, return_tensors="np")["pixel_values"][0]
+        got = ops.to_values(picture, image.size, image.crop, image.mode, image.mean, image.std, image.resample)
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{width}x{height}")
 
 

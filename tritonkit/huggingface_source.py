@@ -59,6 +59,8 @@ def folder_facts(folder: Path) -> FolderFacts:
 # Pillow's resampling numbers, as Hugging Face image processors store them -> the spec's filter names.
 PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 CHANNEL_MODES = {1: "L", 3: "RGB"}
+# Image-processor steps that change the pixels and that image_ops does not do: a folder that turns one on is refused.
+UNSUPPORTED_STEPS = ("do_pad", "do_flip_channel_order", "do_color_quantize")
 
 
 def image_settings(folder: Path, where: str) -> dict:
@@ -86,18 +88,28 @@ def image_settings(folder: Path, where: str) -> dict:
         if not (isinstance(value, dict) and {"height", "width"} <= set(value)):
             refuse(key, value, "{height, width}")
         return [value["height"], value["width"]]
+    for key in UNSUPPORTED_STEPS:
+        if proc.get(key):
+            refuse(key, proc[key], "false: the kit's pre-processing does resize, crop, rescale and normalise only")
     if not proc.get("do_resize", True):
         refuse("do_resize", False, "true: the classifier takes one fixed size")
     size = proc.get("size")
-    if isinstance(size, dict) and set(size) == {"shortest_edge"}:
+    if isinstance(size, dict) and set(size) == {"shortest_edge"} and proc.get("crop_pct") is not None:
+        # ConvNeXt/ResNet processors: below 384 the shortest edge goes to edge / crop_pct and the centre
+        # edge x edge is kept; from 384 the image is resized to edge x edge (transformers' ConvNextImageProcessor)
+        edge = size["shortest_edge"]
+        if edge < 384:
+            size, crop = int(edge / proc["crop_pct"]), [edge, edge]
+        else:
+            size = crop = [edge, edge]
+    elif isinstance(size, dict) and set(size) == {"shortest_edge"}:
         size = size["shortest_edge"]
         if not proc.get("do_center_crop", False):
             refuse("do_center_crop", False, "true with crop_size: a shortest-edge resize leaves images of other shapes")
-        if proc.get("crop_pct") is not None:
-            refuse("crop_pct", proc["crop_pct"], "no crop_pct (resize, then centre crop to crop_size)")
+        crop = pair("crop_size")
     else:
         size = pair("size")
-    crop = pair("crop_size") if proc.get("do_center_crop", False) else size
+        crop = pair("crop_size") if proc.get("do_center_crop", False) else size
     factor = proc.get("rescale_factor", 1 / 255)
     if not proc.get("do_rescale", True) or abs(factor - 1 / 255) > 1e-9:
         refuse("rescale_factor", factor if proc.get("do_rescale", True) else "do_rescale: false", "1/255")
