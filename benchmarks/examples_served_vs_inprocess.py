@@ -3,7 +3,8 @@
 
 Examples: examples/digits/models.yaml (pipeline none: 64 pixel values in), examples/digits/images.yaml
 (PNG bytes -> Pillow pre-processing -> classifier -> softmax + label), examples/sentiment/models.yaml
-(text -> tokenizer -> classifier -> softmax + label; `train.py --assemble` first if its model/ is missing).
+(text -> tokenizer -> classifier -> softmax + label; `train.py --assemble` first if its model/ is missing),
+examples/digits_vit/models.yaml (the image pipeline with a Hugging Face ViT, pre-processing from its folder).
 
 Per example: the spec is rendered for this host's CPU (`--gpu none`) and built. In-process = the built
 artifacts in this Python process with no server: the same pre-processing code (templates/python/image_ops.py,
@@ -36,7 +37,8 @@ from tritonkit import defaults  # noqa: E402
 GOAL = 0.8
 EXAMPLES = {"digits": ROOT / "examples" / "digits" / "models.yaml",
             "digits_images": ROOT / "examples" / "digits" / "images.yaml",
-            "sentiment": ROOT / "examples" / "sentiment" / "models.yaml"}
+            "sentiment": ROOT / "examples" / "sentiment" / "models.yaml",
+            "digits_vit": ROOT / "examples" / "digits_vit" / "models.yaml"}
 
 
 def _session(path: Path, threads: int):
@@ -62,18 +64,18 @@ def pipelines(name: str, repo: Path, spec_model):
     ops = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ops)
     labels = np.array([t.encode() for t in spec_model.labels], dtype=object)
-    if name == "digits_images":
+    if spec_model.pipeline == "image-classification":
         items = [p.read_bytes() for p in sorted((ROOT / "examples" / "digits" / "images").glob("*.png"))]
-        prep = spec_model.image
+        prep, pixels = spec_model.image, spec_model.inputs[0]
 
         def make(threads):
-            s = _session(repo / "digits_images_classifier" / "1" / "model.onnx", threads)
+            s = _session(repo / f"{name}_classifier" / "1" / "model.onnx", threads)
 
             def run(batch):
                 x = np.stack([ops.to_values(ops.decode(b, defaults.IMAGE_MAX_BYTES, defaults.IMAGE_MAX_PIXELS),
-                                            prep.size, prep.crop, prep.mode, prep.mean, prep.std).reshape(64)
-                              for b in batch])
-                p = ops.softmax(s.run(None, {"pixels": x})[0])
+                                            prep.size, prep.crop, prep.mode, prep.mean, prep.std, prep.resample)
+                              .reshape(pixels.dims[1:]) for b in batch])
+                p = ops.softmax(s.run(None, {pixels.name: x})[0])
                 return p, labels[p.argmax(1)]
             return run
         return items, make
