@@ -141,6 +141,9 @@ def test_int8_build_passes_its_gate_and_records_it(int8_repo):
     assert v["min_cosine"] >= 0.99 and v["neighbour_overlap"] >= 0.9 and v["samples"] == 34   # 30 + 4 held out
     assert q["gate"]["failures"] == [] and q["quantized_matmuls"] >= 27      # at most a quarter kept FP32
     assert len(q["fp32_matmuls"]) == 0 or q["gate_all_quantized"]["failures"]   # kept FP32 only after a failure
+    smoothing = q["smoothquant"]
+    assert smoothing["alpha"] is None or q["gate_all_quantized"]["failures"]    # scaled only after a failure
+    assert len(smoothing["trials"]) in (0, 3) and manifest["recipe"]["int8"]["smoothquant_alphas"] == [0.6, 0.7, 0.8]
     assert manifest["gate_data"]["sha256"] and manifest["recipe"]["int8"]["cpu_unit"] == "AVX2"
     proc = cli("build", "--repo", str(int8_repo))                        # same recipe: nothing to do
     assert proc.returncode == 0 and "current" in proc.stdout

@@ -118,8 +118,9 @@ def _recipe(model: TritonModel, spec_model: ModelSpec, source_sha: str, plan: Pl
     if model.precision == "int8" and model.builder == "onnx":   # CPU INT8: the target's INT8 unit and the gate's data
         from .policy import cpu_int8_unit
         from .quantize import gate_data_digest
+        from .smooth import ALPHAS
         extra["int8"] = {"cpu_unit": cpu_int8_unit(plan.hardware.cpu_features),
-                         "gate_data_sha256": gate_data_digest(spec_model)}
+                         "gate_data_sha256": gate_data_digest(spec_model), "smoothquant_alphas": list(ALPHAS)}
     return {**extra,
         "source": {"format": spec_model.source.format, "path": spec_model.source.path, "sha256": source_sha,
                    **({"factory": spec_model.source.factory} if spec_model.source.factory else {})},
@@ -282,16 +283,18 @@ def _quantized_onnx(ctx: BuildContext, out: Path) -> dict:
     """CPU INT8: the FP32 graph quantized (quantize.py) until it passes tolerance.int8's gate on real inputs."""
     from .compare import run_onnx, st_reference, synthetic_feeds
     from .policy import cpu_int8_unit
-    from .quantize import embedding_gate, gate_texts, onnx_embeddings, quantize_gated, tensor_gate
+    from .quantize import calibration_texts, embedding_gate, gate_texts, onnx_embeddings, quantize_gated, tensor_gate
     sm = ctx.spec_model
     tol = sm.tolerance["int8"]
     fp32, fp32_record = _fp32_onnx(ctx)
     fp32_record.update({"path": str(fp32), "sha256": sha256(fp32)})
+    calibration = None
     if sm.pipeline == "text-embedding":
         texts, digest, origin = gate_texts(sm)
         ctx.step(f"encoding {len(texts)} gate texts with sentence-transformers (FP32 reference)")
         reference, feats = st_reference(ctx.source, texts, normalize=True)
         judge = lambda path: embedding_gate(reference, onnx_embeddings(path, feats), tol)   # noqa: E731
+        calibration = st_reference(ctx.source, calibration_texts(sm)[0], normalize=True)[1]   # not the held-out 4
         data = {"texts": len(texts), "file": origin, "sha256": digest,
                 "reference": "SentenceTransformer.encode(normalize_embeddings=True)"}
     else:
@@ -302,7 +305,7 @@ def _quantized_onnx(ctx: BuildContext, out: Path) -> dict:
                 "reference": "the FP32 ONNX graph"}
     unit = cpu_int8_unit(ctx.plan.hardware.cpu_features)
     q = quantize_gated(fp32, out, reduce_range=unit == "AVX2", judge=judge, step=ctx.step,
-                       where=f"{ctx.model.name}: INT8 ({unit})")
+                       where=f"{ctx.model.name}: INT8 ({unit})", calibration=calibration)
     gate = q["gate"]
     return {"tool": q.pop("tool"), "fp32_onnx": fp32_record, "quantization": {**q, "cpu_unit": unit},
             "gate_data": data,
@@ -535,8 +538,9 @@ def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Pat
             else "") + f" vs {ref}" + (f" at the {'/'.join(v['shapes'])} shapes" if "shapes" in v else "")
         if "quantization" in record:
             q = record["quantization"]
+            alpha = q.get("smoothquant", {}).get("alpha")
             detail = (f"INT8 ({q['cpu_unit']}, {q['quantized_matmuls']} MatMuls INT8, {len(q['fp32_matmuls'])} kept "
-                      f"FP32): {detail}")
+                      f"FP32" + (f", SmoothQuant alpha {alpha}" if alpha is not None else "") + f"): {detail}")
     elif "smoke" in record or "check" in record:
         detail = "signature matches the spec; ran at the spec's shapes"
     if model.label == "onnxruntime (tensorrt-ep)":

@@ -1,10 +1,11 @@
 """INT8 for CPU serving: ONNX Runtime dynamic quantization of the FP32 graph, proven by an accuracy gate.
 
-Weights become INT8 per output channel; activations are scaled per batch at run time (no calibration).
-The gate compares the quantized graph with the source model on real inputs, with the thresholds of the
-spec's tolerance.int8: for embeddings min cosine, top-10 neighbour overlap and max abs error; otherwise max
-abs/rel error against the FP32 graph. When the fully quantized graph fails, the MatMuls whose quantization
-alone costs the most accuracy (measured one at a time) stay FP32, fewest first, at most a quarter of them.
+Weights become INT8 per output channel; activations are scaled per batch at run time. The gate compares the
+quantized graph with the source model on real inputs, with the thresholds of the spec's tolerance.int8: for
+embeddings min cosine, top-10 neighbour overlap and max abs error; otherwise max abs/rel error against the
+FP32 graph. When the fully quantized graph fails: SmoothQuant scaling from the calibration texts' activation
+ranges (smooth.py); if that is not enough, the MatMuls whose quantization alone costs the most accuracy
+(measured one at a time) stay FP32, fewest first, at most a quarter of them.
 """
 
 from __future__ import annotations
@@ -140,9 +141,15 @@ def quantize(fp32: Path, out: Path, *, reduce_range: bool, exclude: tuple[str, .
 
 
 def quantize_gated(fp32: Path, out: Path, *, reduce_range: bool, judge: Callable[[Path], GateResult],
-                   where: str, step: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Quantize `fp32` to `out` so that `judge(out)` passes, keeping the fewest sensitive MatMuls in FP32;
-    UserError with the figures when even a quarter of them in FP32 does not pass."""
+                   where: str, step: Callable[[str], None] = lambda _: None,
+                   calibration: dict | None = None) -> dict[str, Any]:
+    """Quantize `fp32` to `out` so that `judge(out)` passes. When the plain quantization fails: SmoothQuant
+    scaling (smooth.py, activation ranges from the `calibration` feeds) at each of smooth.ALPHAS, the best
+    kept; then, if still failing, the fewest sensitive MatMuls in FP32. UserError with the figures when even
+    a quarter of them in FP32 does not pass."""
+    import tempfile
+
+    from .smooth import ALPHAS, activation_ranges, smooth
     t0 = time.monotonic()
     nodes = quantizable(fp32)
     step(f"quantizing {len(nodes)} MatMuls to INT8 ({'7' if reduce_range else '8'}-bit weights)")
@@ -150,18 +157,34 @@ def quantize_gated(fp32: Path, out: Path, *, reduce_range: bool, judge: Callable
     first = result = judge(out)
     kept: tuple[str, ...] = ()
     sensitivity: list[tuple[float, str]] = []
-    if not result.passed:
-        step(f"gate failed ({'; '.join(result.failures)}): measuring each MatMul's sensitivity")
-        for n in nodes:
-            quantize(fp32, out, reduce_range=reduce_range, only=(n,))
-            sensitivity.append((1.0 - judge(out).min_cosine, n))
-        sensitivity.sort(reverse=True)
-        for k in range(1, int(len(nodes) * MAX_FP32_SHARE) + 1):   # a model of 1-3 MatMuls keeps none in FP32
-            kept = tuple(n for _, n in sensitivity[:k])
-            quantize(fp32, out, reduce_range=reduce_range, exclude=kept)
-            result = judge(out)
-            if result.passed:
-                break
+    smoothing: dict[str, Any] = {"alpha": None, "trials": []}
+    with tempfile.TemporaryDirectory(prefix="tritonkit-int8-") as tmp:
+        base = fp32
+        if not result.passed and calibration is not None:
+            step(f"gate failed ({'; '.join(result.failures)}): SmoothQuant scaling at alpha {ALPHAS}")
+            ranges = activation_ranges(fp32, calibration)
+            for alpha in ALPHAS:
+                scaled = Path(tmp) / f"smoothed-{alpha}.onnx"
+                smooth(fp32, scaled, ranges, alpha)
+                quantize(scaled, out, reduce_range=reduce_range)
+                trial = judge(out)
+                smoothing["trials"].append({"alpha": alpha, "passed": trial.passed, "min_cosine": trial.min_cosine,
+                                            "neighbour_overlap": trial.neighbour_overlap})
+                if (trial.passed, trial.min_cosine) > (result.passed, result.min_cosine):
+                    base, result, smoothing["alpha"] = scaled, trial, alpha
+            quantize(base, out, reduce_range=reduce_range)   # the best one, written last
+        if not result.passed:
+            step(f"gate failed ({'; '.join(result.failures)}): measuring each MatMul's sensitivity")
+            for n in nodes:
+                quantize(base, out, reduce_range=reduce_range, only=(n,))
+                sensitivity.append((1.0 - judge(out).min_cosine, n))
+            sensitivity.sort(reverse=True)
+            for k in range(1, int(len(nodes) * MAX_FP32_SHARE) + 1):   # a model of 1-3 MatMuls keeps none in FP32
+                kept = tuple(n for _, n in sensitivity[:k])
+                quantize(base, out, reduce_range=reduce_range, exclude=kept)
+                result = judge(out)
+                if result.passed:
+                    break
     if not result.passed:
         raise UserError(f"INT8 fails the accuracy gate even with {len(kept)} of {len(nodes)} MatMuls kept in FP32: "
                         + "; ".join(result.failures), where=where,
@@ -173,6 +196,7 @@ def quantize_gated(fp32: Path, out: Path, *, reduce_range: bool, judge: Callable
                             "only if that error is acceptable for your use")
     return {"tool": "onnxruntime.quantization.quantize_dynamic (MatMul, per-channel QInt8, MatMulConstBOnly)",
             "reduce_range": reduce_range, "quantized_matmuls": len(nodes) - len(kept), "fp32_matmuls": list(kept),
+            "smoothquant": smoothing,
             "sensitivity_top": [{"node": n, "min_cosine_loss": round(s, 6)} for s, n in sensitivity[:len(kept) + 3]],
             "gate_all_quantized": asdict(first), "gate": asdict(result), "seconds": round(time.monotonic() - t0, 1)}
 
