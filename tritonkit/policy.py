@@ -115,10 +115,11 @@ QDQ_BUILDERS = frozenset({"tensorrt"})
 # CPU instructions ONNX Runtime's INT8 GEMMs use, best first (hardware.CPU_FEATURES names -> what people call
 # them). Without VNNI/AMX the AVX2 kernel multiplies u8 x s8 pairs into saturating int16 sums, so weights are
 # quantized to 7 bits there (ONNX Runtime's reduce_range); the gate of tolerance.int8 proves either.
-# Measured in-process, MiniLM, 2 cores, 2 sessions x 1 thread: Xeon with AMX/VNNI 2.7x FP32; EPYC (AVX2 only) 1.8x.
+# Measured in-process, MiniLM, 2 cores, 2 sessions x 1 thread: Xeon with AMX/VNNI 2.7x FP32 (2.6-3.0x with every
+# MatMul INT8 after SmoothQuant, 2026-11-30); EPYC (AVX2 only) 1.8x.
 CPU_INT8_FEATURES = {"amx_int8": "AMX-INT8", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI", "avx2": "AVX2"}
-CPU_INT8_WHY = ("ONNX Runtime dynamic quantization (INT8 per-channel weights, activations scaled at run time), "
-                "proven by the gate of tolerance.int8")
+CPU_INT8_WHY = ("ONNX Runtime dynamic quantization (INT8 per-channel weights, activations scaled at run time; "
+                "SmoothQuant scaling where outlier channels fail the gate), proven by the gate of tolerance.int8")
 CPU_NO_BF16_WHY = "BF16: ONNX Runtime's CPU kernels have no BF16 MatMul, so AMX-BF16 buys nothing here"
 
 
