@@ -376,7 +376,10 @@ def wire_requests(target: BenchTarget, arrays: list[dict[str, Any]]) -> list:
 class _Timeline:
     """Triton's statistics polled every POLL_S while a level runs, by a thread with its own client
     (tritonclient.http's client is bound to the thread that made it): what slow requests waited on."""
-    POLL_S = 0.1
+    # Each poll costs the server CPU: at 0.1 s the kit's p99 at concurrency 1 on the 2-core CI host was 4.2-4.5 ms
+    # against perf_analyzer's 3.9-4.3 (no poller); at 0.5 s 4.0-4.1 against 3.9-4.1 (same server, alternating;
+    # 2026-11-30). A stall of 400 ms+ still spans a poll or two.
+    POLL_S = 0.5
 
     def __init__(self, target: BenchTarget, call: dict):
         self._target, self._call, self.points = target, call, []
