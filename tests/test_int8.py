@@ -14,7 +14,7 @@ from tritonkit import defaults
 from tritonkit.errors import UserError
 from tritonkit.hardware import CPU_FEATURES, declared, host_cpu_features, parse_cpu_features
 from tritonkit.policy import plan
-from tritonkit.quantize import embedding_gate, neighbour_overlap
+from tritonkit.quantize import classification_gate, embedding_gate, neighbour_overlap
 from tritonkit.servers import SERVERS
 from tritonkit.spec import Tolerance, load_spec
 
@@ -102,6 +102,29 @@ def test_gate_names_each_threshold_missed():
     assert not noisy.passed
     assert any(f.startswith("min cosine") for f in noisy.failures)
     assert any(f.startswith("max abs error") for f in noisy.failures)
+
+
+def test_classification_gate_holds_top1_agreement_and_logit_error():
+    ref = np.array([[2.0, -1.0], [0.5, 0.4], [-1.0, 1.0]])
+    tol = Tolerance(atol=0.3)
+    close = classification_gate(ref, ref + 0.1, tol)
+    assert close.passed and close.top1_agreement == 1.0
+    flipped = ref.copy()
+    flipped[1] = [0.4, 0.5]
+    gate = classification_gate(ref, flipped, tol)
+    assert not gate.passed and gate.top1_agreement == pytest.approx(2 / 3)
+    assert gate.failures == ("top-1 agreement 0.6667 < 1.0",)                # 1 unless the spec says otherwise
+    assert classification_gate(ref, flipped, Tolerance(atol=0.3, min_top1_agreement=0.6)).passed
+    far = classification_gate(ref, ref + 0.5, tol)
+    assert not far.passed and far.failures[0].startswith("max logit error 0.5 beyond atol 0.3")
+
+
+def test_top1_agreement_threshold_is_a_share(tmp_path):
+    spec_file = tmp_path / "models.yaml"
+    spec_file.write_text(defaults.DEFAULT_SPEC.read_text().replace("min_neighbour_overlap: 0.9}",
+                                                                   "min_neighbour_overlap: 0.9, min_top1_agreement: 1.5}"))
+    with pytest.raises(UserError, match=r"min_top1_agreement.*out of range"):
+        load_spec(spec_file)
 
 
 def test_too_few_gate_texts_is_refused_before_any_work(tmp_path):

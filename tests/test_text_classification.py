@@ -156,3 +156,26 @@ def test_a_model_without_token_type_ids_exports_to_onnx_and_to_a_program(folder,
     program = export_program(sm, tiny, tmp_path / "model.pt2", "fp32", atol=1e-4, rtol=1e-4)
     for record in (onnx, program):
         assert record["validation"]["top1_agreement"] == 1.0 and record["validation"]["max_abs_error"] <= 1e-4
+
+
+def test_int8_classifier_is_gated_on_real_texts_by_top1_agreement_and_logit_error(folder, tmp_path):
+    """Prevents an INT8 classifier proven on random token ids: the gate tokenizes real texts with the model's own
+    tokenizer and holds the INT8 logits to tolerance.int8 (max logit error) and top-1 agreement (1 by default)."""
+    text = (EXAMPLE / "models.yaml").read_text()
+    assert "      fp32: {atol: 1.0e-4, rtol: 1.0e-4}\n" in text
+    _copy_spec(tmp_path, folder, text.replace("      fp32: {atol: 1.0e-4, rtol: 1.0e-4}\n",
+                                              "      fp32: {atol: 1.0e-4, rtol: 1.0e-4}\n      int8: {atol: 1.0}\n"))
+    shutil.copy(EXAMPLE / "held_out.txt", tmp_path / "held_out.txt")
+    out = tmp_path / "repo"
+    r = cli("render", "--spec", str(tmp_path / "models.yaml"), "--gpu", "none", "--cpu-features", "avx512_vnni",
+            "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    r = cli("build", "--repo", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "top-1 agreement 1.000" in r.stdout
+    record = json.loads((out / "sentiment_classifier" / "1" / "build.json").read_text())
+    v, q = record["validation"], record["quantization"]
+    assert record["precision"] == "int8" and v["samples"] == 34      # 30 calibration sentences + 4 held out
+    assert v["top1_agreement"] == 1.0 and v["min_top1_agreement_required"] == 1.0 and v["max_abs_error"] <= 1.0
+    assert v["reference"].startswith("the FP32 graph") and record["gate_data"]["texts"] == 34
+    assert q["gate"]["failures"] == [] and q["gate"]["top1_agreement"] == 1.0

@@ -283,7 +283,8 @@ def _quantized_onnx(ctx: BuildContext, out: Path) -> dict:
     """CPU INT8: the FP32 graph quantized (quantize.py) until it passes tolerance.int8's gate on real inputs."""
     from .compare import run_onnx, st_reference, synthetic_feeds
     from .policy import cpu_int8_unit
-    from .quantize import calibration_texts, embedding_gate, gate_texts, onnx_embeddings, quantize_gated, tensor_gate
+    from .quantize import (calibration_texts, classification_gate, embedding_gate, gate_texts, onnx_embeddings,
+                           quantize_gated, tensor_gate)
     sm = ctx.spec_model
     tol = sm.tolerance["int8"]
     fp32, fp32_record = _fp32_onnx(ctx)
@@ -297,6 +298,15 @@ def _quantized_onnx(ctx: BuildContext, out: Path) -> dict:
         calibration = st_reference(ctx.source, calibration_texts(sm)[0], normalize=True)[1]   # not the held-out 4
         data = {"texts": len(texts), "file": origin, "sha256": digest,
                 "reference": "SentenceTransformer.encode(normalize_embeddings=True)"}
+    elif sm.pipeline == "text-classification":
+        texts, digest, origin = gate_texts(sm)
+        logits = sm.outputs[0].name
+        feeds = _classifier_feeds(ctx, texts)
+        reference = run_onnx(fp32, feeds)[logits]
+        judge = lambda path: classification_gate(reference, run_onnx(path, feeds)[logits], tol)   # noqa: E731
+        calibration = _classifier_feeds(ctx, calibration_texts(sm)[0])
+        data = {"texts": len(texts), "file": origin, "sha256": digest,
+                "reference": "the FP32 graph (proven against transformers), its logits"}
     else:
         feeds = synthetic_feeds(sm.inputs, sm.shapes(sm.inputs, "opt"), defaults.VALIDATION_SEED)
         reference = run_onnx(fp32, feeds)
@@ -313,7 +323,20 @@ def _quantized_onnx(ctx: BuildContext, out: Path) -> dict:
                            "min_cosine": gate["min_cosine"], "neighbour_overlap": gate["neighbour_overlap"],
                            "atol": tol.atol, "min_cosine_required": tol.min_cosine,
                            "min_neighbour_overlap_required": tol.min_neighbour_overlap,
+                           **({"top1_agreement": gate["top1_agreement"],
+                               "min_top1_agreement_required": tol.min_top1_agreement or 1.0}
+                              if gate["top1_agreement"] is not None else {}),
                            "reference": data["reference"]}}
+
+
+def _classifier_feeds(ctx: BuildContext, texts: list[str]) -> dict:
+    """A Hugging Face text classifier's inputs for `texts`, from its own tokenizer, as the served tokenizer makes them."""
+    from transformers import AutoTokenizer
+
+    from .huggingface_source import token_feeds
+    sm = ctx.spec_model
+    return token_feeds(AutoTokenizer.from_pretrained(str(ctx.source)), texts, tuple(t.name for t in sm.inputs[:2]),
+                       sm.size(sm.inputs[0].dims[-1], "max"))
 
 
 def _plan_feeds(ctx: BuildContext, settings) -> list[tuple[str, dict]]:
@@ -535,7 +558,8 @@ def build_model(plan: Plan, model: TritonModel, spec_model: ModelSpec, repo: Pat
         detail = f"max abs error {v['max_abs_error']:.2e}" + (
             f", min cosine {v['min_cosine']:.7f}" if v.get("min_cosine") is not None else "") + (
             f", top-10 neighbour overlap {v['neighbour_overlap']:.3f}" if v.get("neighbour_overlap") is not None
-            else "") + f" vs {ref}" + (f" at the {'/'.join(v['shapes'])} shapes" if "shapes" in v else "")
+            else "") + (f", top-1 agreement {v['top1_agreement']:.3f}" if v.get("top1_agreement") is not None
+                        else "") + f" vs {ref}" + (f" at the {'/'.join(v['shapes'])} shapes" if "shapes" in v else "")
         if "quantization" in record:
             q = record["quantization"]
             alpha = q.get("smoothquant", {}).get("alpha")

@@ -22,6 +22,7 @@ from .spec import ModelSpec, Tolerance
 
 NEIGHBOURS = 10                 # top-k of the neighbour-overlap gate
 MAX_FP32_SHARE = 0.25           # at most this share of the quantizable MatMuls may stay FP32
+TEXT_GATES = ("text-embedding", "text-classification")   # pipelines gated on real texts, not synthetic inputs
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class GateResult:
     mean_cosine: float
     neighbour_overlap: float | None     # None: fewer samples than NEIGHBOURS + 1 (or not embeddings)
     failures: tuple[str, ...]           # each threshold missed, with its figures
+    top1_agreement: float | None = None     # classifiers: share of samples whose top class is the reference's
 
     @property
     def passed(self) -> bool:
@@ -64,8 +66,8 @@ def gate_texts(model: ModelSpec) -> tuple[list[str], str, str]:
 
 
 def gate_data_digest(model: ModelSpec) -> str:
-    """What the gate runs on, for the build recipe: the texts' digest (embeddings), else the synthetic seed."""
-    return gate_texts(model)[1] if model.pipeline == "text-embedding" else f"synthetic seed {defaults.VALIDATION_SEED}"
+    """What the gate runs on, for the build recipe: the texts' digest (text pipelines), else the synthetic seed."""
+    return gate_texts(model)[1] if model.pipeline in TEXT_GATES else f"synthetic seed {defaults.VALIDATION_SEED}"
 
 
 def neighbour_overlap(reference, candidate, k: int = NEIGHBOURS) -> float:
@@ -96,6 +98,23 @@ def embedding_gate(reference, candidate, tol: Tolerance) -> GateResult:
         failures.append(f"top-{NEIGHBOURS} neighbour overlap {overlap if overlap is None else round(overlap, 4)} "
                         f"< {tol.min_neighbour_overlap}")
     return GateResult(len(ref), err, float(cos.min()), float(cos.mean()), overlap, tuple(failures))
+
+
+def classification_gate(reference, candidate, tol: Tolerance) -> GateResult:
+    """Classifier logits [samples, classes] against the reference's: top-1 agreement (tolerance.min_top1_agreement,
+    1 when not given) and the max logit error (atol + rtol x |reference|)."""
+    import numpy as np
+    ref, cand = np.asarray(reference, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
+    agree = float((ref.argmax(1) == cand.argmax(1)).mean())
+    err = float(np.abs(ref - cand).max())
+    cos = (ref * cand).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1), 1e-30)
+    need = 1.0 if tol.min_top1_agreement is None else tol.min_top1_agreement
+    failures = []
+    if (np.abs(ref - cand) > tol.atol + tol.rtol * np.abs(ref)).any():
+        failures.append(f"max logit error {err:.4g} beyond atol {tol.atol:g} + rtol {tol.rtol:g} x |ref|")
+    if agree < need:
+        failures.append(f"top-1 agreement {agree:.4f} < {need}")
+    return GateResult(len(ref), err, float(cos.min()), float(cos.mean()), None, tuple(failures), agree)
 
 
 def tensor_gate(reference: dict, candidate: dict, tol: Tolerance) -> GateResult:
@@ -190,7 +209,9 @@ def quantize_gated(fp32: Path, out: Path, *, reduce_range: bool, judge: Callable
                         + "; ".join(result.failures), where=where,
                         actual=f"min cosine {result.min_cosine:.5f}, max abs error {result.max_abs_error:.4g}"
                                + (f", neighbour overlap {result.neighbour_overlap:.3f}"
-                                  if result.neighbour_overlap is not None else ""),
+                                  if result.neighbour_overlap is not None else "")
+                               + (f", top-1 agreement {result.top1_agreement:.3f}"
+                                  if result.top1_agreement is not None else ""),
                         expected="the thresholds of tolerance.int8",
                         fix="serve FP32 (remove tolerance.int8 or request precision: fp32), or loosen tolerance.int8 "
                             "only if that error is acceptable for your use")

@@ -25,7 +25,7 @@ PIPELINE_SOURCES = {"text-embedding": ("sentence-transformers",), "text-classifi
 IMAGE_MODES = {"L": 1, "RGB": 3}    # PIL mode -> channels
 RESAMPLE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos")   # image_ops.RESAMPLE
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4")
-TOLERANCE_KEYS = ("atol", "rtol", "min_cosine", "min_neighbour_overlap")
+TOLERANCE_KEYS = ("atol", "rtol", "min_cosine", "min_neighbour_overlap", "min_top1_agreement")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 
 
@@ -53,6 +53,8 @@ class Tolerance:
     # embeddings: the mean share of each text's 10 nearest neighbours (among the gate texts) that stay its
     # nearest 10 in this precision; retrieval quality, which a high average cosine can hide
     min_neighbour_overlap: float | None = None
+    # classifiers (INT8 gate): the share of gate texts whose top class stays the FP32 graph's; 1 when not given
+    min_top1_agreement: float | None = None
 
 
 @dataclass(frozen=True)
@@ -235,12 +237,12 @@ def _axis(ctx: _Ctx, where: str, name: str, raw: Any) -> Axis:
 
 
 def _tolerance(ctx: _Ctx, where: str, raw: Any) -> Tolerance:
-    raw = ctx.mapping(where, raw, ("atol",), ("rtol", "min_cosine", "min_neighbour_overlap"))
+    raw = ctx.mapping(where, raw, ("atol",), TOLERANCE_KEYS[1:])
     vals = {}
     for key in TOLERANCE_KEYS:
         if key in raw:
             v = ctx.typed(f"{where}.{key}", raw[key], (int, float), "a number")
-            share = key in ("min_cosine", "min_neighbour_overlap")
+            share = key.startswith("min_")
             if v < 0 or (share and not 0 < v <= 1):
                 ctx.fail(f"{where}.{key}", "out of range", actual=v, expected=f"0 < {key} <= 1" if share else ">= 0")
             vals[key] = float(v)
