@@ -121,8 +121,10 @@ def test_plan_manifest_records_what_built_it_and_how_close_it_measured(monkeypat
         assert run["max_abs_error"] == pytest.approx(want, rel=1e-6) and run["max_abs_error"] > offset / 2
     assert v["max_abs_error"] == max(r["max_abs_error"] for r in v["runs"])
     assert m["recipe"]["tolerance"] == {
-        "fp16": {"atol": 2e-2, "rtol": 1e-2, "min_cosine": 0.999, "min_neighbour_overlap": None},
-        "fp32": {"atol": 1e-5, "rtol": 1e-4, "min_cosine": None, "min_neighbour_overlap": None}}
+        "fp16": {"atol": 2e-2, "rtol": 1e-2, "min_cosine": 0.999, "min_neighbour_overlap": None,
+                 "min_top1_agreement": None},
+        "fp32": {"atol": 1e-5, "rtol": 1e-4, "min_cosine": None, "min_neighbour_overlap": None,
+                 "min_top1_agreement": None}}
     assert build(repo, progress=False)[0].status == "current"
 
 
