@@ -299,12 +299,16 @@ def _quantized_onnx(ctx: BuildContext, out: Path) -> dict:
         data = {"texts": len(texts), "file": origin, "sha256": digest,
                 "reference": "SentenceTransformer.encode(normalize_embeddings=True)"}
     elif sm.pipeline == "text-classification":
+        from transformers import AutoTokenizer
+
+        from .huggingface_source import spec_token_feeds
         texts, digest, origin = gate_texts(sm)
         logits = sm.outputs[0].name
-        feeds = _classifier_feeds(ctx, texts)
+        tokenizer = AutoTokenizer.from_pretrained(str(ctx.source), local_files_only=True)
+        feeds = spec_token_feeds(sm, tokenizer, texts)
         reference = run_onnx(fp32, feeds)[logits]
         judge = lambda path: classification_gate(reference, run_onnx(path, feeds)[logits], tol)   # noqa: E731
-        calibration = _classifier_feeds(ctx, calibration_texts(sm)[0])
+        calibration = spec_token_feeds(sm, tokenizer, calibration_texts(sm)[0])
         data = {"texts": len(texts), "file": origin, "sha256": digest,
                 "reference": "the FP32 graph (proven against transformers), its logits"}
     else:
@@ -327,16 +331,6 @@ def _quantized_onnx(ctx: BuildContext, out: Path) -> dict:
                                "min_top1_agreement_required": tol.min_top1_agreement or 1.0}
                               if gate["top1_agreement"] is not None else {}),
                            "reference": data["reference"]}}
-
-
-def _classifier_feeds(ctx: BuildContext, texts: list[str]) -> dict:
-    """A Hugging Face text classifier's inputs for `texts`, from its own tokenizer, as the served tokenizer makes them."""
-    from transformers import AutoTokenizer
-
-    from .huggingface_source import token_feeds
-    sm = ctx.spec_model
-    return token_feeds(AutoTokenizer.from_pretrained(str(ctx.source)), texts, tuple(t.name for t in sm.inputs[:2]),
-                       sm.size(sm.inputs[0].dims[-1], "max"))
 
 
 def _plan_feeds(ctx: BuildContext, settings) -> list[tuple[str, dict]]:

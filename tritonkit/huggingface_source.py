@@ -194,6 +194,11 @@ def token_feeds(tokenizer, texts, input_names: tuple[str, str], max_length: int)
     return {ids: t["input_ids"].astype(np.int64), mask: t["attention_mask"].astype(np.int64)}
 
 
+def spec_token_feeds(sm, tokenizer, texts) -> dict:
+    """token_feeds under the spec's input names, truncated at its sequence axis's max (as the served tokenizer)."""
+    return token_feeds(tokenizer, texts, (sm.inputs[0].name, sm.inputs[1].name), sm.size(sm.inputs[0].dims[-1], "max"))
+
+
 def export_sequence_classifier(folder: Path, out: Path, texts: list[str], *, input_names: tuple[str, str],
                                output_name: str, atol: float, rtol: float, max_length: int,
                                opset: int = defaults.ONNX_OPSET) -> dict:

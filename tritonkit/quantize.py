@@ -18,11 +18,10 @@ from typing import Any, Callable
 
 from . import defaults
 from .errors import UserError
-from .spec import ModelSpec, Tolerance
+from .spec import TOKEN_PIPELINES, ModelSpec, Tolerance
 
 NEIGHBOURS = 10                 # top-k of the neighbour-overlap gate
 MAX_FP32_SHARE = 0.25           # at most this share of the quantizable MatMuls may stay FP32
-TEXT_GATES = ("text-embedding", "text-classification")   # pipelines gated on real texts, not synthetic inputs
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def gate_texts(model: ModelSpec) -> tuple[list[str], str, str]:
 
 def gate_data_digest(model: ModelSpec) -> str:
     """What the gate runs on, for the build recipe: the texts' digest (text pipelines), else the synthetic seed."""
-    return gate_texts(model)[1] if model.pipeline in TEXT_GATES else f"synthetic seed {defaults.VALIDATION_SEED}"
+    return gate_texts(model)[1] if model.pipeline in TOKEN_PIPELINES else f"synthetic seed {defaults.VALIDATION_SEED}"
 
 
 def neighbour_overlap(reference, candidate, k: int = NEIGHBOURS) -> float:

@@ -43,17 +43,15 @@ def _source(sm: ModelSpec, source: Path) -> tuple[object, list[tuple[str, dict]]
         return (load_image_classifier(source), synthetic,
                 "transformers AutoModelForImageClassification (eager, FP32, CPU)", {})
     if sm.source.format == "huggingface":
-        from .huggingface_source import load_classifier, token_feeds
+        from .huggingface_source import load_classifier, spec_token_feeds
         from .quantize import gate_texts
         # Eager attention (matmul + softmax, fused by inductor): exported on a GPU, SDPA's kernel choice checks the
         # sequence length's alignment, which an H200 refused as "Constraints violated (sequence)" in FP32.
         module, tokenizer = load_classifier(source, attn_implementation="eager")
         texts, digest, origin = gate_texts(sm)
-        names = (sm.inputs[0].name, sm.inputs[1].name)
-        max_length = sm.size(sm.inputs[0].dims[-1], "max")
         shortest = sorted(texts, key=len)[:8]     # a second batch and sequence size: the axes stay dynamic
-        checks = [(f"{len(texts)} texts", token_feeds(tokenizer, texts, names, max_length)),
-                  (f"the {len(shortest)} shortest texts", token_feeds(tokenizer, shortest, names, max_length))]
+        checks = [(f"{len(texts)} texts", spec_token_feeds(sm, tokenizer, texts)),
+                  (f"the {len(shortest)} shortest texts", spec_token_feeds(sm, tokenizer, shortest))]
         return (_one_output(module), checks, "transformers AutoModelForSequenceClassification (eager, FP32, CPU)",
                 {"validation_texts": {"file": origin, "sha256": digest}})
     raise UserError("no torch.export path for this source format", where=f"model {sm.name}",
