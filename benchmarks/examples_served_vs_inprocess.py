@@ -59,10 +59,8 @@ def pipelines(name: str, repo: Path, spec_model):
             s = _session(repo / "digits" / "1" / "model.onnx", threads)
             return lambda batch: s.run(None, {"pixels": np.stack(batch)})
         return items, make
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("image_ops", defaults.TEMPLATES_DIR / "python" / "image_ops.py")
-    ops = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ops)
+    from tritonkit.image_data import image_ops
+    ops = image_ops()
     labels = np.array([t.encode() for t in spec_model.labels], dtype=object)
     if spec_model.pipeline == "image-classification":
         items = [p.read_bytes() for p in sorted((ROOT / "examples" / "digits" / "images").glob("*.png"))]

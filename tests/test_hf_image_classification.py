@@ -78,12 +78,10 @@ def test_shortest_edge_processors_are_read_and_reproduced_exactly(tmp_path, styl
     """A shortest-edge resize (CLIP-style with crop_size, ConvNeXt/ResNet-style with crop_pct): the spec gets an
     int size and a crop, and image_ops (long edge int(size x long / short), Pillow's filter, centre crop) gives the
     processor's own values on non-square images."""
-    import importlib.util
-
     import transformers
     from PIL import Image
 
-    from tritonkit import defaults
+    from tritonkit.image_data import image_ops
     from tritonkit.spec import load_spec
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.3, 0.25]
     folder_settings = style | {"resample": 3, "image_mean": mean, "image_std": std}
@@ -93,9 +91,7 @@ def test_shortest_edge_processors_are_read_and_reproduced_exactly(tmp_path, styl
     spec_path.write_text(spec_path.read_text().replace("[batch, 1, 8, 8]", "[batch, 3, 8, 8]"))
     image = load_spec(spec_path).models[0].image
     assert (isinstance(image.size, int), image.crop, image.mode, image.resample) == (True, (8, 8), "RGB", "bicubic")
-    spec = importlib.util.spec_from_file_location("image_ops", defaults.TEMPLATES_DIR / "python" / "image_ops.py")
-    ops = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ops)
+    ops = image_ops()
     reference = getattr(transformers, processor)(**folder_settings)
     rng = np.random.default_rng(0)
     for width, height in ((12, 9), (9, 12), (31, 10), (11, 13), (8, 8), (500, 420)):

@@ -9,7 +9,6 @@ copies beside the server's model.py) and the PyTorch module itself.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import sys
@@ -21,6 +20,7 @@ import pytest
 from tests.conftest import bench_example, cli, free_ports
 from tritonkit import defaults
 from tritonkit.errors import UserError
+from tritonkit.image_data import image_ops
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "digits"
@@ -28,11 +28,6 @@ SPEC = EXAMPLE / "images.yaml"
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def image_ops():
-    spec = importlib.util.spec_from_file_location("image_ops", defaults.TEMPLATES_DIR / "python" / "image_ops.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- the spec ------------------------------------------------------------------------------------------

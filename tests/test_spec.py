@@ -178,10 +178,18 @@ def test_relative_source_path_resolves_against_the_spec_folder(tmp_path, monkeyp
 
 def test_calibration_path_resolves_against_the_spec_folder(tmp_path, monkeypatch):
     """Prevents calibration data being looked up relative to the working directory."""
-    (tmp_path / "calib").mkdir()
-    spec_path = onnx_spec(tmp_path, extra="    calibration: calib\n")
+    (tmp_path / "calib.npz").write_bytes(b"")
+    spec_path = onnx_spec(tmp_path, extra="    calibration: calib.npz\n")
     monkeypatch.chdir(tmp_path.parent)
-    assert load_spec(spec_path).models[0].calibration == str((tmp_path / "calib").resolve())
+    assert load_spec(spec_path).models[0].calibration == str((tmp_path / "calib.npz").resolve())
+
+
+def test_a_calibration_folder_is_refused_for_a_model_that_decodes_no_images(tmp_path):
+    """A folder is read as images; a `none` model would be calibrated on nothing it serves."""
+    (tmp_path / "calib").mkdir()
+    with pytest.raises(UserError, match="only the image-classification pipeline decodes") as e:
+        load_spec(onnx_spec(tmp_path, extra="    calibration: calib\n"))
+    assert "pipeline none" in str(e.value.actual) and ".npz" in str(e.value.expected)
 
 
 def test_unbatched_model_keeps_all_dims(tmp_path):

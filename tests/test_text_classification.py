@@ -22,6 +22,7 @@ from tritonkit.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "sentiment"
+SENTENCES = ROOT / "deploy" / "sentences.txt"   # calibration texts of the Q/DQ test
 
 pytestmark = pytest.mark.integration   # every test needs the assembled folder (transformers, torch)
 
@@ -179,3 +180,29 @@ def test_int8_classifier_is_gated_on_real_texts_by_top1_agreement_and_logit_erro
     assert v["top1_agreement"] == 1.0 and v["min_top1_agreement_required"] == 1.0 and v["max_abs_error"] <= 1.0
     assert v["reference"].startswith("the FP32 graph") and record["gate_data"]["texts"] == 34
     assert q["gate"]["failures"] == [] and q["gate"]["top1_agreement"] == 1.0
+
+
+def test_a_t4_int8_plan_calibrates_its_qdq_graph_on_texts_through_the_folders_tokenizer(folder, tmp_path):
+    """TensorRT INT8 for a text classifier: ModelOpt calibrates on the spec's texts tokenized by the folder's own
+    tokenizer, and the Q/DQ graph is gated like the CPU's (top-1 agreement, max logit error on the gate texts).
+    Without TensorRT here the build stops before the plan, with the graph made, gated and recorded."""
+    from tests.test_qdq import HAS_TENSORRT
+    if HAS_TENSORRT:
+        pytest.skip("a TensorRT host would go on to build the plan")
+    text = (EXAMPLE / "models.yaml").read_text()
+    old = "      fp16: {atol: 5.0e-2, rtol: 1.0e-2}"
+    assert old in text
+    # atol 2: at atol 1 the gate refuses it even with 9 of 36 ops kept FP16 (max logit error 1.5), 2026-11-30
+    _copy_spec(tmp_path, folder, text.replace(old, f"      int8: {{atol: 2.0}}\n    calibration: {{path: {SENTENCES}}}"))
+    shutil.copy(EXAMPLE / "held_out.txt", tmp_path / "held_out.txt")
+    out = tmp_path / "repo"
+    r = cli("render", "--spec", str(tmp_path / "models.yaml"), "--gpu", "T4", "--server", "ngc", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    r = cli("build", "--repo", str(out))
+    assert r.returncode == 2 and "TensorRT is not installed" in r.stderr, r.stderr
+    assert "top-1 agreement 1.0000 over 34" in r.stderr, r.stderr
+    record = json.loads((out / "sentiment_classifier" / "1" / "build.json").read_text())
+    made = record["prepared"]["model.sm75.plan"]["onnx"]["precision"]
+    assert made["calibration"]["kind"] == "texts" and made["calibration"]["samples"] == 30
+    assert made["gate_data"]["texts"] == 34 and made["gate_data"]["reference"].startswith("the FP32 graph")
+    assert made["gate"]["top1_agreement"] == 1.0 and made["gate"]["max_abs_error"] <= 2.0

@@ -311,6 +311,18 @@ def _quantized_onnx(ctx: BuildContext, out: Path) -> dict:
         calibration = spec_token_feeds(sm, tokenizer, calibration_texts(sm)[0])
         data = {"texts": len(texts), "file": origin, "sha256": digest,
                 "reference": "the FP32 graph (proven against transformers), its logits"}
+    elif sm.pipeline == "image-classification":
+        from .image_data import calibration_images, gate_images, image_values
+        files, digest, folders = gate_images(sm)   # the policy plans INT8 only for a spec that names images
+        logits = sm.outputs[0].name
+        ctx.step(f"decoding {len(files)} gate images as the pre-processing model does")
+        feeds = image_values(sm, files, f"model {sm.name}: gate images")
+        reference = run_onnx(fp32, feeds)[logits]
+        judge = lambda path: classification_gate(reference, run_onnx(path, feeds)[logits], tol)   # noqa: E731
+        own = calibration_images(sm)
+        calibration = image_values(sm, own, f"model {sm.name}: calibration") if own else feeds
+        data = {"images": len(files), "folders": folders, "sha256": digest,
+                "reference": "the FP32 graph (proven against the source), its logits"}
     else:
         feeds = synthetic_feeds(sm.inputs, sm.shapes(sm.inputs, "opt"), defaults.VALIDATION_SEED)
         reference = run_onnx(fp32, feeds)

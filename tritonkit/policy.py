@@ -123,6 +123,11 @@ CPU_INT8_WHY = ("ONNX Runtime dynamic quantization (INT8 per-channel weights, ac
 CPU_NO_BF16_WHY = "BF16: ONNX Runtime's CPU kernels have no BF16 MatMul, so AMX-BF16 buys nothing here"
 
 
+# An image classifier's INT8 gate runs on real images (tritonkit/image_data.py): without any, no INT8 is planned.
+NO_GATE_IMAGES = ("no images in the spec to gate INT8 on (calibration: {path: images/}, or workload: {files: images/} "
+                  "of the images it will serve)")
+
+
 def cpu_int8_unit(features: tuple[str, ...]) -> str | None:
     """The best INT8 instruction set among `features` ("AMX-INT8", ..., "AVX2"), or None."""
     return next((name for f, name in CPU_INT8_FEATURES.items() if f in features), None)
@@ -133,11 +138,14 @@ def cpu_precision(model: ModelSpec, row: BackendRow, features: tuple[str, ...]) 
     unit = cpu_int8_unit(features)
     why_not = ("no tolerance.int8 in the spec" if "int8" not in model.tolerance else
                f"the {row.label} backend cannot run it" if "int8" not in row.precisions else
-               f"this CPU has none of {', '.join(CPU_INT8_FEATURES.values())}" if unit is None else None)
+               f"this CPU has none of {', '.join(CPU_INT8_FEATURES.values())}" if unit is None else
+               NO_GATE_IMAGES if model.pipeline == "image-classification" and not model.image_folders else None)
     if model.precision == "int8" and why_not:
         raise UserError("INT8 cannot run well on this CPU", where=f"model {model.name}: precision", actual=why_not,
-                        expected=f"a CPU with {' or '.join(CPU_INT8_FEATURES.values())} and tolerance.int8",
-                        fix="declare the target CPU's features (--cpu-features avx512_vnni,...) or request fp32")
+                        expected=f"a CPU with {' or '.join(CPU_INT8_FEATURES.values())} and tolerance.int8"
+                                 + (" and images to gate on" if model.pipeline == "image-classification" else ""),
+                        fix="declare the target CPU's features (--cpu-features avx512_vnni,...), add what the "
+                            "reason names to the spec, or request fp32")
     if model.precision in ("auto", "int8") and not why_not:
         weights = "8-bit weights" if unit != "AVX2" else "7-bit weights (no VNNI: against int16 saturation)"
         return "int8", f"INT8 on the CPU with {unit}, {weights}: {CPU_INT8_WHY}"
@@ -200,7 +208,7 @@ def _refusal(p: str, model: ModelSpec, row: BackendRow, gpu: GPU) -> str | None:
     if gpu.compute_capability < PRECISION_MIN_CC[p]:
         return f"{gpu.name} is cc {gpu.cc:.1f}, {p.upper()} needs >= {'.'.join(map(str, PRECISION_MIN_CC[p]))}"
     if p in NEEDS_CALIBRATION and model.calibration is None:
-        return "no calibration data in the spec to quantize with (calibration: {path: texts.txt | data.npz})"
+        return "no calibration data in the spec to quantize with (calibration: {path: texts.txt | images/ | data.npz})"
     if p in NEEDS_CALIBRATION and row.builder not in QDQ_BUILDERS:
         return f"the {row.label} backend gets no calibrated Q/DQ graph built (TensorRT plans do)"
     if p in NEEDS_CALIBRATION and PRECISIONS[p].onnx != "ptq":

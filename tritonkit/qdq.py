@@ -12,10 +12,11 @@ TensorRT 11 builds strongly typed networks only, so a plan's precision is its ON
 Q/DQ graphs: ModelOpt quantizes the GEMM-like ops (defaults.QDQ_OP_TYPES) with scales from the spec's calibration
 data. Every other reader of a quantized tensor (the residual stream, shape ops) then reads it unquantized: the Q/DQ
 pair ONNX Runtime's quantizer shares between readers would round the residual stream too (on MiniLM that alone cost
-1.5% cosine). The graph is gated by ONNX Runtime on the CPU against the source model with tolerance.<precision>
-(quantize.embedding_gate / tensor_gate); when it fails, the ops whose quantization alone costs the most (measured
-one at a time) lose their Q/DQ and stay in the graph's high precision, fewest first, at most
-quantize.MAX_FP32_SHARE of them. The choice and the figures are recorded.
+1.5% cosine). The graph is gated by ONNX Runtime on the CPU against the source model with tolerance.<precision>:
+embeddings by quantize.embedding_gate, classifiers by classification_gate on their gate texts or images, other
+models by tensor_gate. When it fails, the ops whose quantization alone costs the most (measured one at a time)
+lose their Q/DQ and stay in the graph's high precision, fewest first, at most quantize.MAX_FP32_SHARE of them.
+The choice and the figures are recorded.
 
 Each graph goes to the cache beside the repository, named by a digest of everything that made it, with a JSON
 record next to it; a build with the same recipe reuses it, so once any host made it the TensorRT container needs
@@ -36,29 +37,33 @@ from typing import Any, Callable
 from . import defaults
 from .errors import UserError
 from .sources import source_sha256
-from .spec import ModelSpec
+from .spec import TOKEN_PIPELINES, ModelSpec
 from .trt_settings import PRECISIONS
 
-# Calibration data by file suffix: what the build can feed ModelOpt.
-CALIBRATION_KINDS = {".txt": "texts", ".npz": "arrays"}
+# Calibration data: what the build can feed ModelOpt, and the pipelines that can read each kind (None: any).
+CALIBRATION_KINDS = {".txt": "texts", ".npz": "arrays", "/": "images"}    # "/": a folder
+CALIBRATION_READERS = {"texts": TOKEN_PIPELINES, "arrays": None, "images": ("image-classification",)}
+CALIBRATION_FORMS = {"texts": "texts.txt (one text per line)", "arrays": "data.npz of the model's inputs",
+                     "images": "images/ (a folder of the images it serves)"}
 
 
 # --- calibration data ---------------------------------------------------------------------------------
 
 def _calibration_kind(model: ModelSpec) -> tuple[Path, str]:
     where = f"model {model.name}: calibration"
+    def reads(kind: str) -> bool:
+        return CALIBRATION_READERS[kind] is None or model.pipeline in CALIBRATION_READERS[kind]
+    forms = [form for kind, form in CALIBRATION_FORMS.items() if reads(kind)]
     if model.calibration is None:
         raise UserError("INT8/FP8 Q/DQ scales need calibration data", where=where, actual="none",
-                        expected="calibration: {path: texts.txt | data.npz, samples: N}",
+                        expected=f"calibration: {{path: {' | '.join(forms)}, samples: N}}",
                         fix="add calibration data to the spec, or choose another precision")
     path = Path(model.calibration)
-    kind = CALIBRATION_KINDS.get(path.suffix)
-    if kind is None or (kind == "texts" and model.pipeline != "text-embedding"):
-        texts = "texts.txt (one text per line) or " if model.pipeline == "text-embedding" else ""
-        raise UserError("this calibration data cannot feed the model", where=where, actual=path.name,
-                        expected=f"{texts}data.npz of the model's inputs",
-                        fix="point calibration.path at a file of that kind (a folder of images is read by no "
-                            "calibration here: save the preprocessed inputs with numpy.savez)")
+    kind = CALIBRATION_KINDS.get("/" if path.is_dir() else path.suffix)
+    if kind is None or not reads(kind):
+        raise UserError("this calibration data cannot feed the model", where=where,
+                        actual=f"{path.name} ({kind or 'unknown kind'}; pipeline {model.pipeline})",
+                        expected=" or ".join(forms), fix="point calibration.path at data of that kind")
     return path, kind
 
 
@@ -102,10 +107,15 @@ def calibration_record(model: ModelSpec) -> dict:
     """What the calibration data is (file, digest, samples), checked enough that a build fails before any work."""
     path, kind = _calibration_kind(model)
     try:
-        raw = path.read_bytes()
+        raw = b"" if path.is_dir() else path.read_bytes()
     except OSError as exc:
         raise UserError("calibration data is not readable", where=f"model {model.name}: calibration",
                         actual=str(exc), expected="a readable file") from None
+    if kind == "images":   # every file decoded now: a file that is not an image fails here, before any work
+        from .image_data import calibration_images, files_digest, image_values
+        files = calibration_images(model)
+        image_values(model, files, f"model {model.name}: calibration")
+        return {"file": str(path), "kind": kind, "sha256": files_digest(files), "samples": len(files)}
     if kind == "texts":
         from .quantize import calibration_texts
         count = len(calibration_texts(model)[0])      # UTF-8, enough texts for the gate (they are its texts too)
@@ -120,17 +130,33 @@ def _samples(model: ModelSpec, source: Path, kind: str) -> list[dict[str, Any]]:
     (padding would add activations no request has). Arrays: batches of the spec's typical (opt) batch size, so
     ModelOpt sees the GEMM shapes serving will (at batch 1 it takes a MatMul for a GEMV and leaves it unquantized)."""
     if kind == "texts":
-        from .compare import sentence_features
         from .quantize import calibration_texts
-        feats = sentence_features(source, calibration_texts(model)[0])
-        lengths = feats["attention_mask"].sum(axis=1)
+        feats = _token_feeds(model, source, calibration_texts(model)[0])
+        mask = "attention_mask" if model.pipeline == "text-embedding" else model.inputs[1].name   # _token_feeds' keys
+        lengths = feats[mask].sum(axis=1)
         return [{t.name: feats[t.name][i:i + 1, :n] for t in model.inputs} for i, n in enumerate(lengths)]
-    arrays = {k: a[:model.calibration_samples] for k, a in _arrays(model, Path(model.calibration)).items()}
+    if kind == "images":
+        from .image_data import calibration_images, image_values
+        arrays = image_values(model, calibration_images(model), f"model {model.name}: calibration")
+    else:
+        arrays = {k: a[:model.calibration_samples] for k, a in _arrays(model, Path(model.calibration)).items()}
     count = len(next(iter(arrays.values())))
     if not model.batched:
         return [{k: a[i] for k, a in arrays.items()} for i in range(count)]
     step = model.size(model.batch_axis, "opt")
     return [{k: a[i:i + step] for k, a in arrays.items()} for i in range(0, count, step)]
+
+
+def _token_feeds(model: ModelSpec, source: Path, texts: list[str]) -> dict[str, Any]:
+    """``texts`` tokenized as the served tokenizer model does: sentence-transformers' features for embeddings, the
+    folder's own tokenizer (truncated at the sequence axis's max) for classifiers."""
+    if model.pipeline == "text-embedding":
+        from .compare import sentence_features
+        return sentence_features(source, texts)
+    from transformers import AutoTokenizer
+
+    from .huggingface_source import spec_token_feeds
+    return spec_token_feeds(model, AutoTokenizer.from_pretrained(str(source), local_files_only=True), texts)
 
 
 def _reader(samples: list[dict[str, Any]]):
@@ -168,6 +194,23 @@ def _judge(model: ModelSpec, source: Path, fp32: Path, precision: str) -> tuple[
         return (lambda path: embedding_gate(reference, onnx_embeddings(path, feats), tol),
                 {"texts": len(texts), "held_out": len(held_out), "file": origin, "sha256": digest,
                  "reference": "SentenceTransformer.encode(normalize_embeddings=True)"})
+    if model.pipeline == "text-classification":   # the logits on the gate texts: top-1 agreement, logit error
+        from .quantize import classification_gate, gate_texts
+        texts, digest, origin = gate_texts(model)
+        feeds, logits = _token_feeds(model, source, texts), model.outputs[0].name
+        reference = run_onnx(fp32, feeds)[logits]
+        return (lambda path: classification_gate(reference, run_onnx(path, feeds)[logits], tol),
+                {"texts": len(texts), "file": origin, "sha256": digest,
+                 "reference": "the FP32 graph (proven against transformers), its logits"})
+    if model.pipeline == "image-classification" and model.image_folders:
+        from .image_data import gate_images, image_values
+        from .quantize import classification_gate
+        files, digest, folders = gate_images(model)
+        feeds, logits = image_values(model, files, f"model {model.name}: gate images"), model.outputs[0].name
+        reference = run_onnx(fp32, feeds)[logits]
+        return (lambda path: classification_gate(reference, run_onnx(path, feeds)[logits], tol),
+                {"images": len(files), "folders": folders, "sha256": digest,
+                 "reference": "the FP32 graph (proven against the source), its logits"})
     if model.calibration and Path(model.calibration).suffix == ".npz":
         arrays = _arrays(model, Path(model.calibration))
         feeds = {k: a[:model.calibration_samples] if model.batched else a[0] for k, a in arrays.items()}
@@ -191,9 +234,10 @@ def _gate(judge: Callable[[Path], Any], path: Path) -> tuple[Any, str | None]:
 
 def _gate_figures(gate: dict) -> str:
     """A gate's figures (quantize.GateResult as a dict) in one line."""
-    overlap = gate.get("neighbour_overlap")
+    overlap, top1 = gate.get("neighbour_overlap"), gate.get("top1_agreement")
     return (f"min cosine {gate['min_cosine']:.5f}, max abs error {gate['max_abs_error']:.4g}"
-            + (f", top-10 neighbour overlap {overlap:.3f}" if overlap is not None else ""))
+            + (f", top-10 neighbour overlap {overlap:.3f}" if overlap is not None else "")
+            + (f", top-1 agreement {top1:.4f} over {gate['samples']}" if top1 is not None else ""))
 
 
 # --- Q/DQ graph surgery (pure: onnx protos in, onnx protos out) ------------------------------------------

@@ -65,8 +65,15 @@ def gate_texts(model: ModelSpec) -> tuple[list[str], str, str]:
 
 
 def gate_data_digest(model: ModelSpec) -> str:
-    """What the gate runs on, for the build recipe: the texts' digest (text pipelines), else the synthetic seed."""
-    return gate_texts(model)[1] if model.pipeline in TOKEN_PIPELINES else f"synthetic seed {defaults.VALIDATION_SEED}"
+    """What the gate runs on, for the build recipe: the texts' or images' digest, else the synthetic seed."""
+    if model.pipeline in TOKEN_PIPELINES:
+        return gate_texts(model)[1]
+    if model.pipeline == "image-classification":
+        from .image_data import gate_images
+        images = gate_images(model)
+        if images is not None:
+            return images[1]
+    return f"synthetic seed {defaults.VALIDATION_SEED}"
 
 
 def neighbour_overlap(reference, candidate, k: int = NEIGHBOURS) -> float:

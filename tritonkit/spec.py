@@ -124,6 +124,13 @@ class ModelSpec:
     def batched(self) -> bool:
         return self.max_batch_size > 0
 
+    @property
+    def image_folders(self) -> tuple[str, ...]:
+        """Folders of real images the spec names (calibration, then workload files): an image classifier's gate data."""
+        calibration = self.calibration if self.calibration and Path(self.calibration).is_dir() else None
+        files = self.workload.path if self.workload is not None and self.workload.kind == "files" else None
+        return tuple(p for p in (calibration, files) if p)
+
     def triton_dims_named(self, tensor: Tensor) -> tuple[int | str, ...]:
         """Dims of one request item: the batch axis is dropped when Triton batches."""
         return tensor.dims[1:] if self.batched else tensor.dims
@@ -374,6 +381,11 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
         if not Path(calibration).exists():
             ctx.fail(f"{where}.calibration", "calibration data not found", actual=calibration,
                      expected="an existing file or folder")
+        if Path(calibration).is_dir() and pipeline != "image-classification":
+            ctx.fail(f"{where}.calibration", "a folder of calibration data is read as images, which only the "
+                     "image-classification pipeline decodes", actual=f"{calibration} (a folder; pipeline {pipeline})",
+                     expected="a .npz of the model's inputs" + (" or a .txt of texts" if pipeline in TOKEN_PIPELINES
+                                                                else ""))
     peak_rps = None
     if "traffic" in raw:
         traffic = ctx.mapping(f"{where}.traffic", raw["traffic"], ("peak_rps",), ())

@@ -4,7 +4,8 @@
 Seeded and full-batch, so a re-run on the same torch writes the same weights (about 2 s on 2 CPU cores).
 Writes digits_mlp.pt (the state dict), digits_test.npz (the held-out images and labels the tests and the
 bench use), images/NNN.png (the same held-out images as 8-bit grayscale PNG files, pixel = round(v x 255 / 16),
-for the image-classification spec) and metrics.json (the held-out accuracy in-process).
+for the image-classification spec), calibration/NNN.png (the first CALIBRATION_IMAGES training images, for INT8
+calibration: never the held-out ones) and metrics.json (the held-out accuracy in-process).
 
     python examples/digits/train.py
 """
@@ -23,10 +24,11 @@ sys.path.insert(0, str(HERE))
 from net import WEIGHTS, DigitsMLP  # noqa: E402
 
 SEED, EPOCHS, LEARNING_RATE, TEST_SHARE = 0, 300, 3e-3, 0.25
+CALIBRATION_IMAGES = 128
 
 
 def write_images(pixels: np.ndarray, folder: Path = HERE / "images") -> None:
-    """Each held-out image (64 values 0..16) as an 8x8 grayscale PNG, in test-set order."""
+    """Each image (64 values 0..16) as an 8x8 grayscale PNG, in order."""
     from PIL import Image
     folder.mkdir(exist_ok=True)
     for old in folder.glob("*.png"):
@@ -56,6 +58,7 @@ def main() -> None:
     torch.save(net.state_dict(), WEIGHTS)
     np.savez_compressed(HERE / "digits_test.npz", pixels=x_test, labels=y_test)
     write_images(x_test)
+    write_images(x_train[:CALIBRATION_IMAGES], HERE / "calibration")
     record = {"dataset": "sklearn.datasets.load_digits (1,797 8x8 images, 10 classes)",
               "train": len(y_train), "test": len(y_test), "seed": SEED, "epochs": EPOCHS,
               "final_train_loss": round(float(loss.detach()), 5), "test_accuracy_in_process": round(accuracy, 5),
