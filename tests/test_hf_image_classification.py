@@ -112,14 +112,14 @@ def _transformers_probabilities():
                              -1).numpy()
 
 
-def _served(url: str, module) -> tuple[np.ndarray, list[str]]:
+def _served(url: str, module, model: str = "digits_vit") -> tuple[np.ndarray, list[str]]:
     client = module.InferenceServerClient(url)
     probs, labels = [], []
     for k in range(0, len(IMAGES), 50):
         blobs = [f.read_bytes() for f in IMAGES[k:k + 50]]
         tensor = module.InferInput("image", [len(blobs), 1], "BYTES")
         tensor.set_data_from_numpy(np.array(blobs, dtype=object).reshape(-1, 1))
-        result = client.infer("digits_vit", [tensor])
+        result = client.infer(model, [tensor])
         probs.append(result.as_numpy("probabilities"))
         labels += [v.decode() for v in result.as_numpy("label").reshape(-1)]
     return np.concatenate(probs), labels

@@ -409,7 +409,8 @@ def _single(fmt: str, path: str) -> Spec:
 @pytest.mark.parametrize(("fmt", "server", "gpu", "backend", "kind", "precision"), [
     ("onnx", "ngc", "T4", "tensorrt", "KIND_GPU", "fp16"),
     ("onnx", "ngc", None, "onnxruntime", "KIND_CPU", "fp32"),
-    ("onnx", "embedded", "T4", "python", "KIND_CPU", "fp32"),
+    ("onnx", "embedded", "T4", "python", "KIND_GPU", "fp16"),   # the graph as a torch.export program (onnx_torch)
+    ("onnx", "embedded", None, "python", "KIND_CPU", "fp32"),
     ("torchscript", "ngc", "T4", "pytorch", "KIND_GPU", "fp32"),   # run as saved: nothing casts TorchScript
     ("torchscript", "ngc", None, "pytorch", "KIND_CPU", "fp32"),
 ])

@@ -67,12 +67,13 @@ BACKENDS = (
                "this server has only the python backend: model.py runs the encoder in PyTorch on the GPU "
                "(tensors exchanged with Triton through DLPack)",
                code_template="encoder_torch.py.j2", code_files=("bert_encoder.py",)),
-    # ONNX sources stay on the CPU row below on this server: no ONNX Runtime CUDA build matches the CUDA 13 of
-    # the PyTorch wheels, and onnx2torch (ONNX -> PyTorch) needs torchvision.
-    BackendRow("python", "torch-program", True, frozenset({"pytorch", "huggingface"}), True, None,
+    # ONNX sources take it too (tritonkit/onnx_torch.py interprets the graph in torch for torch.export): no ONNX
+    # Runtime CUDA build matches the CUDA 13 of the PyTorch wheels this server runs.
+    BackendRow("python", "torch-program", True, frozenset({"pytorch", "huggingface", "onnx"}), True, None,
                frozenset({"fp32", "fp16", "bf16"}), "torch_program", ("model.pt2",),
                "this server has only the python backend: model.py runs the source's torch.export program in "
-               "PyTorch on the GPU (tensors exchanged with Triton through DLPack)",
+               "PyTorch on the GPU (tensors exchanged with Triton through DLPack; an ONNX graph is interpreted in "
+               "torch first)",
                code_template="program_torch.py.j2", code_files=("opaque_gemms.py",)),
     BackendRow("python", "onnxruntime", None, _ONNXABLE, False, None, frozenset({"fp32", "int8"}), "onnx", ("model.onnx",),
                "this server has only the python backend: model.py runs the exported ONNX graph with ONNX Runtime "

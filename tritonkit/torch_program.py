@@ -1,12 +1,12 @@
-"""Build step for the GPU path of any PyTorch or Hugging Face source: a torch.export program (``model.pt2``).
+"""Build step for the GPU path of a PyTorch, Hugging Face or ONNX source: a torch.export program (``model.pt2``).
 
 The embedded server's python backend serves it with templates/python/program_torch.py.j2 (CUDA, the plan's
 precision, torch.compile by SM count, bucketed shapes, CUDA graphs, DLPack). Here the source module is cast to
 the plan's precision, exported with the spec's named axes as dynamic dimensions (one ``Dim`` per axis name, so
 inputs that share an axis share it in the program), saved, loaded back and run as the server will run it: on
 this host's GPU when it has one, else on the CPU. Every output is compared with the FP32 source module (eager,
-CPU) within the spec's tolerance for the precision; classification pipelines must also agree on the top-1
-class everywhere.
+CPU; for an ONNX source, ONNX Runtime on the graph) within the spec's tolerance for the precision; classification
+pipelines must also agree on the top-1 class everywhere.
 
 | source      | module                                       | validation inputs                         |
 |-------------|----------------------------------------------|-------------------------------------------|
@@ -14,6 +14,7 @@ class everywhere.
 | huggingface image classifier | ``forward(pixel_values) -> logits`` | the same                       |
 | huggingface | ``forward(input_ids, attention_mask) -> logits`` | the gate texts (quantize.gate_texts) tokenized, |
 |             |                                              | then the 8 shortest alone (other sizes)   |
+| onnx        | the graph interpreted in torch (onnx_torch.py) | seeded tensors; reference: ONNX Runtime  |
 
 Heavy imports (torch, transformers) happen inside the functions.
 """
@@ -32,9 +33,17 @@ CLASSIFYING = ("text-classification", "image-classification")   # pipelines whos
 
 
 def _source(sm: ModelSpec, source: Path) -> tuple[object, list[tuple[str, dict]], str, dict]:
-    """(module returning the spec's outputs as a tuple, [(label, feed)], reference name, record extras)."""
+    """(module returning the spec's outputs as a tuple, [(label, feed)], reference name, record extras).
+    The reference is the module itself (eager, FP32, CPU) unless extras carry another ("reference": feed -> dict)."""
     from .pytorch_source import SHAPES, feeds
     synthetic = [(which, feeds(sm, which, defaults.VALIDATION_SEED + 1 + k)) for k, which in enumerate(SHAPES)]
+    if sm.source.format == "onnx":
+        from .compare import run_onnx
+        from .onnx_torch import load_onnx_module
+        module = load_onnx_module(source, tuple(t.name for t in sm.inputs), tuple(t.name for t in sm.outputs),
+                                  where=f"model {sm.name}: source {sm.source.path}")
+        return (module, synthetic, "ONNX Runtime (CPU) on the ONNX source",
+                {"converter": "tritonkit.onnx_torch", "reference": lambda feed: run_onnx(source, feed)})
     if sm.source.format == "pytorch":
         from .pytorch_source import load_spec_module
         return load_spec_module(sm)[0], synthetic, "the PyTorch module (eager, FP32, CPU)", {}
@@ -55,7 +64,7 @@ def _source(sm: ModelSpec, source: Path) -> tuple[object, list[tuple[str, dict]]
         return (_one_output(module), checks, "transformers AutoModelForSequenceClassification (eager, FP32, CPU)",
                 {"validation_texts": {"file": origin, "sha256": digest}})
     raise UserError("no torch.export path for this source format", where=f"model {sm.name}",
-                    actual=sm.source.format, expected="pytorch or huggingface")
+                    actual=sm.source.format, expected="pytorch, huggingface or onnx")
 
 
 def _one_output(module):
@@ -128,7 +137,8 @@ def export_program(sm: ModelSpec, source: Path, out: Path, precision: str, *, at
     module, checks, reference_name, extras = _source(sm, source)
     # FP32 means FP32: TF32 would change the numbers this validation is about
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    references = [run_program(module, sm, feed, torch.float32, "cpu") for _, feed in checks]
+    reference = extras.pop("reference", None) or (lambda feed: run_program(module, sm, feed, torch.float32, "cpu"))
+    references = [reference(feed) for _, feed in checks]
     cast = copy.deepcopy(module).to(device=device, dtype=dtype)
     started = time.perf_counter()
     example = tuple(x.to(device, dtype) if x.is_floating_point() else x.to(device)
