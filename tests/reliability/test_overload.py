@@ -34,6 +34,7 @@ RECOVERY_S = 4.0
 ANSWER_BOUND_S = 2 * queue_timeout_us(load_spec(defaults.DEFAULT_SPEC).models[0].p99_budget_ms) / 1e6 + 1.0
 RSS_GROWTH_LIMIT_PCT = 5.0
 NOISY_NEIGHBOUR_PCT = 15.0  # see test_soak.py: beyond this, a slow recovery says more about the machine
+CLIENT_ATTEMPTS = 2         # an overload measurement whose sender fell behind its schedule is repeated once
 
 
 def test_twice_the_capacity_is_shed_quickly_and_the_server_recovers(minilm_server, minilm_capacity):
@@ -45,12 +46,20 @@ def test_twice_the_capacity_is_shed_quickly_and_the_server_recovers(minilm_serve
     from tritonkit.workload import load_texts
     requests = soak.text_requests(model.name, model.text_input, load_texts())
 
-    phases, peaks = [], []
-    for _ in range(2):  # the first phase reaches the high-water mark (queues full, bigger batches)...
-        with soak.RssSampler(minilm_server.pid, interval_s=0.2) as rss:
-            phases.append(soak.open_loop(minilm_server.grpc_url, requests, 2 * minilm_capacity, OVERLOAD_S))
-        peaks.append(max(s.server_kb + s.stubs_kb for s in rss.samples))
-        time.sleep(0.5)
+    for attempt in range(CLIENT_ATTEMPTS):
+        phases, peaks = [], []
+        for _ in range(2):  # the first phase reaches the high-water mark (queues full, bigger batches)...
+            with soak.RssSampler(minilm_server.pid, interval_s=0.2) as rss:
+                phases.append(soak.open_loop(minilm_server.grpc_url, requests, 2 * minilm_capacity, OVERLOAD_S))
+            peaks.append(max(s.server_kb + s.stubs_kb for s in rss.samples))
+            time.sleep(0.5)
+        late = sum(run.late_sends for run in phases)
+        if late < 0.05 * sum(len(run.outcomes) for run in phases):
+            break
+        # The sender shares the 2 cores with a server at twice its capacity: when the machine starves it, this
+        # attempt measured the client, not the server. The next one starts from drained queues.
+        print(f"\noverload attempt {attempt + 1}: the client sent {late} requests over 50 ms late; measuring again")
+        time.sleep(2.0)
     growth = 100.0 * (peaks[1] - peaks[0]) / peaks[0]  # ...the second must not go beyond it
     time.sleep(1.0)  # the queues drain
     with soak.RssSampler(minilm_server.pid, interval_s=0.5) as machine:
