@@ -91,11 +91,6 @@ def test_a_bad_image_stops_the_cpu_int8_build_and_leaves_the_repository(tmp_path
     assert tree_hash(out) == before
 
 
-def _softmax(x):
-    e = np.exp(x - x.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 @pytest.mark.integration
 def test_cpu_int8_is_gated_on_the_images_and_served_as_gated(tmp_path):
     """The INT8 graph passes its gate on 578 real images (128 calibration + 450 held out) and is what the server
@@ -106,7 +101,7 @@ def test_cpu_int8_is_gated_on_the_images_and_served_as_gated(tmp_path):
     from tests.test_hf_image_classification import IMAGES, _served, _transformers_probabilities
     from tritonkit.build import build
     from tritonkit.compare import run_onnx
-    from tritonkit.image_data import image_values
+    from tritonkit.image_data import image_ops, image_values
     from tritonkit.render import write_repository
     from tritonkit.serve import EmbeddedServer, ServerOptions
     spec = load_spec(SPEC)
@@ -121,8 +116,9 @@ def test_cpu_int8_is_gated_on_the_images_and_served_as_gated(tmp_path):
     assert gate["samples"] == 578 and gate["top1_agreement"] >= 0.995 and gate["max_abs_error"] <= 0.5 + 0.1 * 20
     assert record["quantization"]["quantized_matmuls"] > 0 and record["validation"]["top1_agreement"] >= 0.995
     graph = repo / "digits_vit_classifier" / "1" / "model.onnx"
-    expected = np.concatenate([_softmax(run_onnx(graph, image_values(sm, IMAGES[k:k + 50], "test"))["logits"])
-                               for k in range(0, len(IMAGES), 50)])   # _served's requests: 50 images each
+    batches = [IMAGES[k:k + 50] for k in range(0, len(IMAGES), 50)]   # _served's requests: 50 images each
+    expected = image_ops().softmax(np.concatenate([run_onnx(graph, image_values(sm, b, "test"))["logits"]
+                                                    for b in batches]))
     http, grpc, metrics = free_ports(3)
     with EmbeddedServer(ServerOptions(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics)) as s:
         probs, labels = _served(s.grpc_url, grpcclient)

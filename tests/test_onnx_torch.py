@@ -116,7 +116,7 @@ def test_an_onnx_image_classifier_planned_for_a_gpu_is_built_and_served_as_a_pro
     from tests.test_torch_program import cpu_variant
     from tritonkit.build import build
     from tritonkit.hardware import declared
-    from tritonkit.image_data import image_values
+    from tritonkit.image_data import image_ops, image_values
     from tritonkit.policy import plan
     from tritonkit.render import write_repository
     from tritonkit.serve import EmbeddedServer, ServerOptions
@@ -136,9 +136,8 @@ def test_an_onnx_image_classifier_planned_for_a_gpu_is_built_and_served_as_a_pro
     assert record["converter"] == "tritonkit.onnx_torch" and record["tool"].startswith("torch.export")
     assert record["validation"]["reference"] == "ONNX Runtime (CPU) on the ONNX source"
     assert record["validation"]["max_abs_error"] <= 1e-4 and record["validation"]["top1_agreement"] == 1.0
-    logits = np.concatenate([_ort(VIT, image_values(sm, IMAGES[k:k + 50], "test")) for k in range(0, 450, 50)])
-    expected = np.exp(logits - logits.max(1, keepdims=True))
-    expected /= expected.sum(1, keepdims=True)
+    expected = image_ops().softmax(np.concatenate([_ort(VIT, image_values(sm, IMAGES[k:k + 50], "test"))
+                                                    for k in range(0, 450, 50)]))
     http, grpc, metrics = free_ports(3)
     with EmbeddedServer(ServerOptions(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics)) as s:
         probs, labels = _served(s.grpc_url, grpcclient, model="digits_vit_onnx")

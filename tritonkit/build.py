@@ -283,8 +283,8 @@ def _quantized_onnx(ctx: BuildContext, out: Path) -> dict:
     """CPU INT8: the FP32 graph quantized (quantize.py) until it passes tolerance.int8's gate on real inputs."""
     from .compare import run_onnx, st_reference, synthetic_feeds
     from .policy import cpu_int8_unit
-    from .quantize import (calibration_texts, classification_gate, embedding_gate, gate_texts, onnx_embeddings,
-                           quantize_gated, tensor_gate)
+    from .quantize import (calibration_texts, classifier_judge, embedding_gate, gate_texts, onnx_embeddings,
+                           quantize_gated, source_tokens, tensor_gate)
     sm = ctx.spec_model
     tol = sm.tolerance["int8"]
     fp32, fp32_record = _fp32_onnx(ctx)
@@ -299,30 +299,14 @@ def _quantized_onnx(ctx: BuildContext, out: Path) -> dict:
         data = {"texts": len(texts), "file": origin, "sha256": digest,
                 "reference": "SentenceTransformer.encode(normalize_embeddings=True)"}
     elif sm.pipeline == "text-classification":
-        from transformers import AutoTokenizer
-
-        from .huggingface_source import spec_token_feeds
-        texts, digest, origin = gate_texts(sm)
-        logits = sm.outputs[0].name
-        tokenizer = AutoTokenizer.from_pretrained(str(ctx.source), local_files_only=True)
-        feeds = spec_token_feeds(sm, tokenizer, texts)
-        reference = run_onnx(fp32, feeds)[logits]
-        judge = lambda path: classification_gate(reference, run_onnx(path, feeds)[logits], tol)   # noqa: E731
-        calibration = spec_token_feeds(sm, tokenizer, calibration_texts(sm)[0])
-        data = {"texts": len(texts), "file": origin, "sha256": digest,
-                "reference": "the FP32 graph (proven against transformers), its logits"}
+        judge, data, _ = classifier_judge(sm, ctx.source, fp32, tol)
+        calibration = source_tokens(sm, ctx.source, calibration_texts(sm)[0])
     elif sm.pipeline == "image-classification":
-        from .image_data import calibration_images, gate_images, image_values
-        files, digest, folders = gate_images(sm)   # the policy plans INT8 only for a spec that names images
-        logits = sm.outputs[0].name
-        ctx.step(f"decoding {len(files)} gate images as the pre-processing model does")
-        feeds = image_values(sm, files, f"model {sm.name}: gate images")
-        reference = run_onnx(fp32, feeds)[logits]
-        judge = lambda path: classification_gate(reference, run_onnx(path, feeds)[logits], tol)   # noqa: E731
+        from .image_data import calibration_images, image_values
+        ctx.step("decoding the gate images as the pre-processing model does")
+        judge, data, feeds = classifier_judge(sm, ctx.source, fp32, tol)
         own = calibration_images(sm)
         calibration = image_values(sm, own, f"model {sm.name}: calibration") if own else feeds
-        data = {"images": len(files), "folders": folders, "sha256": digest,
-                "reference": "the FP32 graph (proven against the source), its logits"}
     else:
         feeds = synthetic_feeds(sm.inputs, sm.shapes(sm.inputs, "opt"), defaults.VALIDATION_SEED)
         reference = run_onnx(fp32, feeds)

@@ -202,8 +202,6 @@ def _constant_of_shape(ctx, node, shape):
 
 def _range(ctx, node, start, limit, delta):
     import torch
-    if all(_is_py(v) for v in (start, limit, delta)):
-        return torch.arange(start, limit, delta, device=ctx.device)
     return torch.arange(_scalar(start), _scalar(limit), _scalar(delta), device=ctx.device)
 
 
@@ -485,8 +483,8 @@ def load_onnx_module(path: Path, input_names: tuple[str, ...], output_names: tup
             values.update({name: getattr(self, buf) for name, buf in self.names.items()})
             values.update(zip(input_names, inputs))
             first = inputs[0]
-            floats = [v for v in values.values() if not _is_py(v) and v.is_floating_point()]
-            ctx = _Context(first.device, floats[0].dtype if floats else torch.float32)
+            ctx = _Context(first.device, next((b.dtype for b in self.buffers() if b.is_floating_point()),
+                                              torch.float32))
             for node in nodes:
                 args = [values[i] if i else None for i in node.input]
                 out = OPS[node.op_type](ctx, node, *args)

@@ -130,9 +130,9 @@ def _samples(model: ModelSpec, source: Path, kind: str) -> list[dict[str, Any]]:
     (padding would add activations no request has). Arrays: batches of the spec's typical (opt) batch size, so
     ModelOpt sees the GEMM shapes serving will (at batch 1 it takes a MatMul for a GEMV and leaves it unquantized)."""
     if kind == "texts":
-        from .quantize import calibration_texts
-        feats = _token_feeds(model, source, calibration_texts(model)[0])
-        mask = "attention_mask" if model.pipeline == "text-embedding" else model.inputs[1].name   # _token_feeds' keys
+        from .quantize import calibration_texts, source_tokens
+        feats = source_tokens(model, source, calibration_texts(model)[0])
+        mask = "attention_mask" if model.pipeline == "text-embedding" else model.inputs[1].name   # source_tokens' keys
         lengths = feats[mask].sum(axis=1)
         return [{t.name: feats[t.name][i:i + 1, :n] for t in model.inputs} for i, n in enumerate(lengths)]
     if kind == "images":
@@ -145,18 +145,6 @@ def _samples(model: ModelSpec, source: Path, kind: str) -> list[dict[str, Any]]:
         return [{k: a[i] for k, a in arrays.items()} for i in range(count)]
     step = model.size(model.batch_axis, "opt")
     return [{k: a[i:i + step] for k, a in arrays.items()} for i in range(0, count, step)]
-
-
-def _token_feeds(model: ModelSpec, source: Path, texts: list[str]) -> dict[str, Any]:
-    """``texts`` tokenized as the served tokenizer model does: sentence-transformers' features for embeddings, the
-    folder's own tokenizer (truncated at the sequence axis's max) for classifiers."""
-    if model.pipeline == "text-embedding":
-        from .compare import sentence_features
-        return sentence_features(source, texts)
-    from transformers import AutoTokenizer
-
-    from .huggingface_source import spec_token_feeds
-    return spec_token_feeds(model, AutoTokenizer.from_pretrained(str(source), local_files_only=True), texts)
 
 
 def _reader(samples: list[dict[str, Any]]):
@@ -194,23 +182,9 @@ def _judge(model: ModelSpec, source: Path, fp32: Path, precision: str) -> tuple[
         return (lambda path: embedding_gate(reference, onnx_embeddings(path, feats), tol),
                 {"texts": len(texts), "held_out": len(held_out), "file": origin, "sha256": digest,
                  "reference": "SentenceTransformer.encode(normalize_embeddings=True)"})
-    if model.pipeline == "text-classification":   # the logits on the gate texts: top-1 agreement, logit error
-        from .quantize import classification_gate, gate_texts
-        texts, digest, origin = gate_texts(model)
-        feeds, logits = _token_feeds(model, source, texts), model.outputs[0].name
-        reference = run_onnx(fp32, feeds)[logits]
-        return (lambda path: classification_gate(reference, run_onnx(path, feeds)[logits], tol),
-                {"texts": len(texts), "file": origin, "sha256": digest,
-                 "reference": "the FP32 graph (proven against transformers), its logits"})
-    if model.pipeline == "image-classification" and model.image_folders:
-        from .image_data import gate_images, image_values
-        from .quantize import classification_gate
-        files, digest, folders = gate_images(model)
-        feeds, logits = image_values(model, files, f"model {model.name}: gate images"), model.outputs[0].name
-        reference = run_onnx(fp32, feeds)[logits]
-        return (lambda path: classification_gate(reference, run_onnx(path, feeds)[logits], tol),
-                {"images": len(files), "folders": folders, "sha256": digest,
-                 "reference": "the FP32 graph (proven against the source), its logits"})
+    if model.pipeline == "text-classification" or (model.pipeline == "image-classification" and model.image_folders):
+        from .quantize import classifier_judge
+        return classifier_judge(model, source, fp32, tol)[:2]
     if model.calibration and Path(model.calibration).suffix == ".npz":
         arrays = _arrays(model, Path(model.calibration))
         feeds = {k: a[:model.calibration_samples] if model.batched else a[0] for k, a in arrays.items()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -121,6 +122,44 @@ def classification_gate(reference, candidate, tol: Tolerance) -> GateResult:
     if agree < need:
         failures.append(f"top-1 agreement {agree:.4f} < {need}")
     return GateResult(len(ref), err, float(cos.min()), float(cos.mean()), None, tuple(failures), agree)
+
+
+def source_tokens(model: ModelSpec, source: Path, texts: list[str]) -> dict[str, Any]:
+    """``texts`` tokenized as the served tokenizer model does: sentence-transformers' features for embeddings, the
+    folder's own tokenizer (truncated at the sequence axis's max) for classifiers."""
+    if model.pipeline == "text-embedding":
+        from .compare import sentence_features
+        return sentence_features(source, texts)
+    from .huggingface_source import spec_token_feeds
+    return spec_token_feeds(model, _tokenizer(str(source)), texts)
+
+
+@lru_cache(maxsize=2)
+def _tokenizer(folder: str):
+    """The folder's tokenizer, loaded once per build (the gate and the calibration both tokenize)."""
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def classifier_judge(model: ModelSpec, source: Path, fp32: Path,
+                     tol: Tolerance) -> tuple[Callable[[Path], GateResult], dict, dict]:
+    """(graph path -> classification_gate against the FP32 graph's logits, what it runs on, its feeds): a text
+    classifier's gate texts tokenized as served, or an image classifier's gate images decoded as served."""
+    from .compare import run_onnx
+    if model.pipeline == "text-classification":
+        texts, digest, origin = gate_texts(model)
+        feeds = source_tokens(model, source, texts)
+        data = {"texts": len(texts), "file": origin, "sha256": digest,
+                "reference": "the FP32 graph (proven against transformers), its logits"}
+    else:
+        from .image_data import gate_images, image_values
+        files, digest, folders = gate_images(model)   # the policy plans INT8 only for a spec that names images
+        feeds = image_values(model, files, f"model {model.name}: gate images")
+        data = {"images": len(files), "folders": folders, "sha256": digest,
+                "reference": "the FP32 graph (proven against the source), its logits"}
+    logits = model.outputs[0].name
+    reference = run_onnx(fp32, feeds)[logits]
+    return lambda path: classification_gate(reference, run_onnx(path, feeds)[logits], tol), data, feeds
 
 
 def tensor_gate(reference: dict, candidate: dict, tol: Tolerance) -> GateResult:

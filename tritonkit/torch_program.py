@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 from . import defaults
 from .dtypes import TORCH_PRECISIONS
@@ -32,9 +33,9 @@ from .spec import ModelSpec
 CLASSIFYING = ("text-classification", "image-classification")   # pipelines whose gate includes top-1 agreement
 
 
-def _source(sm: ModelSpec, source: Path) -> tuple[object, list[tuple[str, dict]], str, dict]:
-    """(module returning the spec's outputs as a tuple, [(label, feed)], reference name, record extras).
-    The reference is the module itself (eager, FP32, CPU) unless extras carry another ("reference": feed -> dict)."""
+def _source(sm: ModelSpec, source: Path) -> tuple[object, list[tuple[str, dict]], str, dict, Callable | None]:
+    """(module returning the spec's outputs as a tuple, [(label, feed)], reference name, record extras, reference:
+    feed -> outputs, or None for the module itself in eager FP32 on the CPU)."""
     from .pytorch_source import SHAPES, feeds
     synthetic = [(which, feeds(sm, which, defaults.VALIDATION_SEED + 1 + k)) for k, which in enumerate(SHAPES)]
     if sm.source.format == "onnx":
@@ -42,15 +43,15 @@ def _source(sm: ModelSpec, source: Path) -> tuple[object, list[tuple[str, dict]]
         from .onnx_torch import load_onnx_module
         module = load_onnx_module(source, tuple(t.name for t in sm.inputs), tuple(t.name for t in sm.outputs),
                                   where=f"model {sm.name}: source {sm.source.path}")
-        return (module, synthetic, "ONNX Runtime (CPU) on the ONNX source",
-                {"converter": "tritonkit.onnx_torch", "reference": lambda feed: run_onnx(source, feed)})
+        return (module, synthetic, "ONNX Runtime (CPU) on the ONNX source", {"converter": "tritonkit.onnx_torch"},
+                lambda feed: run_onnx(source, feed))
     if sm.source.format == "pytorch":
         from .pytorch_source import load_spec_module
-        return load_spec_module(sm)[0], synthetic, "the PyTorch module (eager, FP32, CPU)", {}
+        return load_spec_module(sm)[0], synthetic, "the PyTorch module (eager, FP32, CPU)", {}, None
     if sm.source.format == "huggingface" and sm.pipeline == "image-classification":
         from .huggingface_source import load_image_classifier
         return (load_image_classifier(source), synthetic,
-                "transformers AutoModelForImageClassification (eager, FP32, CPU)", {})
+                "transformers AutoModelForImageClassification (eager, FP32, CPU)", {}, None)
     if sm.source.format == "huggingface":
         from .huggingface_source import load_classifier, spec_token_feeds
         from .quantize import gate_texts
@@ -62,7 +63,7 @@ def _source(sm: ModelSpec, source: Path) -> tuple[object, list[tuple[str, dict]]
         checks = [(f"{len(texts)} texts", spec_token_feeds(sm, tokenizer, texts)),
                   (f"the {len(shortest)} shortest texts", spec_token_feeds(sm, tokenizer, shortest))]
         return (_one_output(module), checks, "transformers AutoModelForSequenceClassification (eager, FP32, CPU)",
-                {"validation_texts": {"file": origin, "sha256": digest}})
+                {"validation_texts": {"file": origin, "sha256": digest}}, None)
     raise UserError("no torch.export path for this source format", where=f"model {sm.name}",
                     actual=sm.source.format, expected="pytorch, huggingface or onnx")
 
@@ -134,11 +135,11 @@ def export_program(sm: ModelSpec, source: Path, out: Path, precision: str, *, at
                         actual=precision, expected=sorted(TORCH_PRECISIONS))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, TORCH_PRECISIONS[precision])
-    module, checks, reference_name, extras = _source(sm, source)
+    module, checks, reference_name, extras, reference = _source(sm, source)
     # FP32 means FP32: TF32 would change the numbers this validation is about
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    reference = extras.pop("reference", None) or (lambda feed: run_program(module, sm, feed, torch.float32, "cpu"))
-    references = [reference(feed) for _, feed in checks]
+    references = [reference(feed) if reference else run_program(module, sm, feed, torch.float32, "cpu")
+                  for _, feed in checks]
     cast = copy.deepcopy(module).to(device=device, dtype=dtype)
     started = time.perf_counter()
     example = tuple(x.to(device, dtype) if x.is_floating_point() else x.to(device)
