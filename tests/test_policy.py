@@ -422,6 +422,48 @@ def test_single_model_backend_table(fmt, server, gpu, backend, kind, precision):
     assert not any(t.ragged for t in m.inputs), "zero padding is only inert behind an attention mask"
 
 
+def test_onnx_operators_the_gpu_path_cannot_interpret_plan_the_cpu_with_the_reason():
+    """An ONNX graph with an operator outside onnx_torch's table would be refused at build time on the GPU path:
+    the plan takes ONNX Runtime on the CPU instead and names the operators. A graph within the table keeps the
+    GPU; unknown operators (no onnx installed at planning) keep it too, and the build still refuses by name."""
+    gpu = hardware("T4")
+    for ops, backend, kind in ((("MatMul", "NonZero", "Relu", "com.microsoft::FusedGemm"), "python", "KIND_CPU"),
+                               (("MatMul", "Relu", "TopK"), "python", "KIND_GPU"), ((), "python", "KIND_GPU")):
+        spec = variant(source=Source("onnx", "/models/model.onnx"), pipeline="none", name="clf", onnx_ops=ops)
+        p = plan(spec, gpu, server_target("embedded"))
+        [m] = p.models
+        assert (m.backend, m.instances[0].kind, m.runtime) == (
+            backend, kind, "onnxruntime" if kind == "KIND_CPU" else "torch-program"), ops
+        why = decision(p, "clf", "backend").reason
+        assert ("cannot interpret for the GPU (NonZero, com.microsoft::FusedGemm)" in why) == (kind == "KIND_CPU"), why
+
+
+def test_an_onnx_sources_operators_are_read_when_the_spec_loads(tmp_path):
+    """The policy's fact comes from the file: op_names of the graph, contrib domains prefixed. A file that does not
+    parse leaves it unknown (the build refuses that file)."""
+    import onnx
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]),
+                               helper.make_node("Gelu", ["r"], ["y"], domain="com.microsoft")], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid("com.microsoft", 1)]),
+              str(tmp_path / "model.onnx"))
+    (tmp_path / "models.yaml").write_text("""models:
+  - name: clf
+    source: {format: onnx, path: model.onnx}
+    inputs: [{name: x, dtype: FP32, dims: [batch, 4]}]
+    outputs: [{name: y, dtype: FP32, dims: [batch, 4]}]
+    max_batch_size: 8
+    latency_budget: {p99_ms: 50}
+    tolerance: {fp32: {atol: 1.0e-4}}
+""")
+    assert load_spec(tmp_path / "models.yaml").models[0].onnx_ops == ("Relu", "com.microsoft::Gelu")
+    (tmp_path / "model.onnx").write_bytes(b"not a protobuf at all \xff\xff")
+    assert load_spec(tmp_path / "models.yaml").models[0].onnx_ops == ()
+
+
 def test_torchscript_on_embedded_server_is_refused():
     """Prevents planning a TorchScript model for a server that has no pytorch backend."""
     with pytest.raises(UserError) as info:

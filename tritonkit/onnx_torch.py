@@ -9,7 +9,8 @@ values instead: an int64 value of at most one dimension computed from shapes or 
 graph holds only tensor operations. The weights are the module's buffers: ``.to(dtype)`` casts the floating ones
 and the graph's casts to float follow them.
 
-Unsupported operators are refused before any tracing, all of them named. The build then proves the program
+The policy plans ONNX Runtime on the CPU for a graph with operators outside ``OPS`` (read when the spec loads,
+``spec.onnx_ops``); here they are refused before any tracing, all of them named. The build then proves the program
 against ONNX Runtime on the source graph (torch_program.export_program).
 """
 
@@ -76,10 +77,18 @@ def _elementwise(py: Callable, torch_fn: Callable):
     return run
 
 
+def _torch_fn(name: str) -> Callable:
+    """torch.<name>, a dotted name allowed ("nn.functional.elu")."""
+    import torch
+    fn: Any = torch
+    for part in name.split("."):
+        fn = getattr(fn, part)
+    return fn
+
+
 def _unary(fn_name: str):
     def run(ctx, node, x):
-        import torch
-        return getattr(torch, fn_name)(x)
+        return _torch_fn(fn_name)(x)
     return run
 
 
@@ -318,16 +327,30 @@ def _global_pool(kind: str):
     return run
 
 
-def _reduce(fn: str):
+def _prod(x, dims, keep):
+    for d in sorted(dims, reverse=True):    # torch.prod takes one dim at a time
+        x = x.prod(dim=d, keepdim=keep)
+    return x
+
+
+REDUCERS: dict[str, Callable] = {
+    "ReduceMean": lambda x, d, k: x.mean(dim=d, keepdim=k), "ReduceSum": lambda x, d, k: x.sum(dim=d, keepdim=k),
+    "ReduceMax": lambda x, d, k: x.amax(dim=d, keepdim=k), "ReduceMin": lambda x, d, k: x.amin(dim=d, keepdim=k),
+    "ReduceL2": lambda x, d, k: x.norm(p=2, dim=d, keepdim=k),
+    "ReduceL1": lambda x, d, k: x.abs().sum(dim=d, keepdim=k),
+    "ReduceSumSquare": lambda x, d, k: (x * x).sum(dim=d, keepdim=k), "ReduceProd": _prod,
+    "ReduceLogSumExp": lambda x, d, k: x.logsumexp(dim=d, keepdim=k),
+}
+
+
+def _reduce(op: str):
     def run(ctx, node, x, axes=None):
         at = _attrs(node)
         axes = _axes(node, axes, default=list(range(x.dim())))
         if not axes and at.get("noop_with_empty_axes", 0):
             return x
-        keep, dims = bool(at.get("keepdims", 1)), tuple(axes or range(x.dim()))
-        if fn == "norm":
-            return x.norm(p=2, dim=dims, keepdim=keep)
-        return getattr(x, fn)(dim=dims, keepdim=keep)
+        dims = tuple(_norm_axis(a, x.dim()) for a in (axes or range(x.dim())))
+        return REDUCERS[op](x, dims, bool(at.get("keepdims", 1)))
     return run
 
 
@@ -361,7 +384,8 @@ def _split(ctx, node, x, split=None):
 
 
 def _clip(ctx, node, x, low=None, high=None):
-    return x.clamp(min=None if low is None else _scalar(low), max=None if high is None else _scalar(high))
+    low, high = (None if v is None else _floats(ctx, node, i, v)[0] for i, v in ((1, low), (2, high)))
+    return x.clamp(min=low, max=high)
 
 
 def _gelu(ctx, node, x):
@@ -382,10 +406,200 @@ def _leaky_relu(ctx, node, x):
 
 def _torch(fn: str):
     def run(ctx, node, *xs):
-        import torch
         like = next((x for x in xs if not _is_py(x)), None)
-        return getattr(torch, fn)(*[_as_tensor(x, like) for x in xs])
+        return _torch_fn(fn)(*[_as_tensor(x, like) for x in xs])
     return run
+
+
+def _variadic(fn: str, mean: bool = False):
+    """Max/Min/Sum/Mean of one or more inputs, broadcasting pairwise."""
+    def run(ctx, node, *xs):
+        import functools
+        like = next((x for x in xs if not _is_py(x)), None)
+        out = functools.reduce(_torch_fn(fn), [_as_tensor(x, like) for x in xs])
+        return out / len(xs) if mean else out
+    return run
+
+
+def _activation(fn: Callable):
+    """An activation whose ONNX attributes (with their ONNX defaults) become keyword arguments of ``fn``."""
+    def run(ctx, node, x):
+        return fn(x, **_attrs(node))
+    return run
+
+
+def _hard_sigmoid(x, alpha=0.2, beta=0.5):
+    return (x * alpha + beta).clamp(0, 1)
+
+
+def _elu(x, alpha=1.0):
+    return _torch_fn("nn.functional.elu")(x, alpha)
+
+
+def _selu(x, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875):
+    import torch
+    return gamma * torch.where(x > 0, x, alpha * torch.expm1(x))
+
+
+def _einsum(ctx, node, *xs):
+    return _torch_fn("einsum")(_text(_attrs(node)["equation"]), *xs)
+
+
+def _tile(ctx, node, x, repeats):
+    return x.repeat(*_ints(repeats))
+
+
+def _prelu(ctx, node, x, slope):
+    import torch
+    return torch.where(x >= 0, x, x * slope)
+
+
+def _trilu(ctx, node, x, k=None):
+    import torch
+    k = 0 if k is None else _ints(k)[0]
+    return (torch.triu if _attrs(node).get("upper", 1) else torch.tril)(x, k)
+
+
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
+
+
+def _pad(ctx, node, x, pads, value=None, axes=None):
+    import torch.nn.functional as F
+    at = _attrs(node)
+    mode = _text(at.get("mode", "constant"))
+    pads = _ints(pads)
+    rank = x.dim()
+    axes = [_norm_axis(a, rank) for a in (_ints(axes) if axes is not None else range(rank))]
+    n = len(axes)
+    begin, end = dict(zip(axes, pads[:n])), dict(zip(axes, pads[n:]))
+    if mode not in PAD_MODES:
+        raise UserError("Pad mode", actual=mode, expected=sorted(PAD_MODES))
+    first = min([a for a in axes if begin[a] or end[a]], default=rank)
+    if mode != "constant" and rank - first > 3:
+        raise UserError("Pad in reflect/edge mode over more than the last 3 axes", actual=f"axes from {first}",
+                        expected="padding of at most the last 3 axes")
+    torch_pads = [p for a in reversed(range(first, rank)) for p in (begin.get(a, 0), end.get(a, 0))]
+    fill = 0.0 if value is None else _floats(ctx, node, 2, value)[0]
+    if mode == "constant":
+        return F.pad(x, torch_pads, value=fill)
+    return F.pad(x, torch_pads, mode=PAD_MODES[mode])
+
+
+def _cumsum(ctx, node, x, axis):
+    at = _attrs(node)
+    dim = _norm_axis(_ints(axis)[0], x.dim())
+    if at.get("reverse", 0):
+        x = x.flip(dim)
+    out = x.cumsum(dim)
+    if at.get("exclusive", 0):
+        out = out - x
+    return out.flip(dim) if at.get("reverse", 0) else out
+
+
+def _instance_norm(ctx, node, x, scale, bias):
+    import torch
+    return torch.nn.functional.instance_norm(x, weight=scale, bias=bias, eps=_attrs(node).get("epsilon", 1e-5))
+
+
+def _conv_transpose(ctx, node, x, w, b=None):
+    import torch.nn.functional as F
+    at = _attrs(node)
+    spatial = w.dim() - 2
+    padding, explicit = _pads(at, spatial)
+    if explicit or "output_shape" in at:
+        raise UserError("ConvTranspose with asymmetric pads or an output_shape", actual=sorted(at),
+                        expected="symmetric pads (what torch.onnx writes)")
+    conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[spatial - 1]
+    return conv(x, w, b, stride=at.get("strides", [1] * spatial), padding=padding,
+                output_padding=at.get("output_padding", [0] * spatial), groups=at.get("group", 1),
+                dilation=at.get("dilations", [1] * spatial))
+
+
+# Resize attribute sets that are one torch interpolation: (mode, coordinate transformation, nearest mode or cubic
+# coefficient) -> (torch mode prefix, align_corners). These are what torch.onnx writes for nn.Upsample/interpolate.
+RESIZE_MODES = {
+    ("nearest", "asymmetric", "floor"): ("nearest", None),
+    ("linear", "half_pixel", None): ("linear", False), ("linear", "pytorch_half_pixel", None): ("linear", False),
+    ("linear", "align_corners", None): ("linear", True),
+    ("cubic", "half_pixel", -0.75): ("cubic", False), ("cubic", "pytorch_half_pixel", -0.75): ("cubic", False),
+    ("cubic", "align_corners", -0.75): ("cubic", True),
+}
+LINEAR_BY_SPATIAL = {"linear": ("linear", "bilinear", "trilinear"), "cubic": (None, "bicubic", None),
+                     "nearest": ("nearest", "nearest", "nearest")}
+
+
+def _resize(ctx, node, x, roi=None, scales=None, sizes=None):
+    import torch.nn.functional as F
+    at = _attrs(node)
+    mode = _text(at.get("mode", "nearest"))
+    detail = {"nearest": _text(at.get("nearest_mode", "round_prefer_floor")), "linear": None,
+              "cubic": round(float(at.get("cubic_coeff_a", -0.75)), 4)}.get(mode)
+    key = (mode, _text(at.get("coordinate_transformation_mode", "half_pixel")), detail)
+    spatial = x.dim() - 2
+    kind = RESIZE_MODES.get(key)
+    torch_mode = LINEAR_BY_SPATIAL[kind[0]][spatial - 1] if kind and 1 <= spatial <= 3 else None
+    if torch_mode is None:
+        raise UserError("a Resize torch cannot reproduce", actual=f"{key}, {spatial} spatial axes",
+                        expected=f"one of {sorted(map(str, RESIZE_MODES))} over 1-3 spatial axes")
+    align = kind[1]
+    if sizes is not None:
+        return F.interpolate(x, size=_ints(sizes)[2:], mode=torch_mode, align_corners=align)
+    factors = _floats(ctx, node, 2, scales)
+    if factors[:2] != [1.0, 1.0]:
+        raise UserError("a Resize of the batch or channel axis", actual=factors, expected="scales [1, 1, ...]")
+    return F.interpolate(x, scale_factor=factors[2:], mode=torch_mode, align_corners=align)
+
+
+def _topk(ctx, node, x, k):
+    at = _attrs(node)
+    values, indices = x.topk(_ints(k)[0], dim=at.get("axis", -1), largest=bool(at.get("largest", 1)),
+                             sorted=bool(at.get("sorted", 1)))
+    return values, indices
+
+
+def _depth_to_space(ctx, node, x):
+    at = _attrs(node)
+    b = at["blocksize"]
+    n, c, h, w = x.shape
+    if _text(at.get("mode", "DCR")) == "CRD":
+        return x.reshape(n, c // (b * b), b, b, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c // (b * b), h * b, w * b)
+    return x.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, c // (b * b), h * b, w * b)
+
+
+def _space_to_depth(ctx, node, x):
+    b = _attrs(node)["blocksize"]
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4).reshape(n, c * b * b, h // b, w // b)
+
+
+def _mod(ctx, node, a, b):
+    import torch
+    if _is_py(a) and _is_py(b) and not isinstance(a, list) and not isinstance(b, list):
+        return a % b
+    like = a if not _is_py(a) else b
+    fn = torch.fmod if _attrs(node).get("fmod", 0) else torch.remainder
+    return fn(_as_tensor(a, like), _as_tensor(b, like))
+
+
+def _size(ctx, node, x):
+    import math
+    return math.prod(x.shape)
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _floats(ctx, node, i: int, v) -> list[float]:
+    """Input ``i`` as Python floats: a small constant of the graph, or a Python shape value."""
+    name = node.input[i] if i < len(node.input) else ""
+    if name in ctx.small:
+        return [float(f) for f in ctx.small[name].reshape(-1)]
+    if _is_py(v):
+        return [float(f) for f in (v if isinstance(v, list) else [v])]
+    raise UserError("a scale or bound in the ONNX graph comes from tensor data", actual=f"input {name!r}",
+                    expected="a constant of the graph",
+                    fix="serve this model on the CPU path (plan without a GPU), or bring its PyTorch source")
 
 
 def _div(a, b):
@@ -415,7 +629,9 @@ OPS: dict[str, Callable] = {
     "And": _elementwise(lambda a, b: a and b, lambda a, b: a & b),
     "Or": _elementwise(lambda a, b: a or b, lambda a, b: a | b),
     "Not": _elementwise(lambda a: not a, lambda a: ~a),
-    "Max": _torch("maximum"), "Min": _torch("minimum"), "Pow": _torch("pow"),
+    "Xor": _elementwise(lambda a, b: a != b, lambda a, b: a ^ b), "Mod": _mod, "Size": _size,
+    "Max": _variadic("maximum"), "Min": _variadic("minimum"), "Sum": _variadic("add"),
+    "Mean": _variadic("add", mean=True), "Pow": _torch("pow"),
     "Neg": _unary("neg"), "Abs": _unary("abs"), "Sqrt": _unary("sqrt"), "Exp": _unary("exp"), "Log": _unary("log"),
     "Erf": _unary("erf"), "Tanh": _unary("tanh"), "Sigmoid": _unary("sigmoid"), "Relu": _unary("relu"),
     "Reciprocal": _unary("reciprocal"), "Floor": _unary("floor"), "Ceil": _unary("ceil"), "Sin": _unary("sin"),
@@ -425,14 +641,26 @@ OPS: dict[str, Callable] = {
     "LayerNormalization": _layer_norm, "BatchNormalization": _batch_norm, "Conv": _conv,
     "MaxPool": _pool("max"), "AveragePool": _pool("avg"),
     "GlobalAveragePool": _global_pool("avg"), "GlobalMaxPool": _global_pool("max"),
-    "ReduceMean": _reduce("mean"), "ReduceSum": _reduce("sum"), "ReduceMax": _reduce("amax"),
-    "ReduceMin": _reduce("amin"), "ReduceL2": _reduce("norm"),
+    **{op: _reduce(op) for op in REDUCERS},
+    "Round": _unary("round"), "Atan": _unary("atan"), "Tan": _unary("tan"),
+    "Softsign": _unary("nn.functional.softsign"), "HardSwish": _unary("nn.functional.hardswish"),
+    "Mish": _unary("nn.functional.mish"), "Softplus": _unary("nn.functional.softplus"),
+    "HardSigmoid": _activation(_hard_sigmoid), "Elu": _activation(_elu), "Selu": _activation(_selu),
+    "PRelu": _prelu, "Trilu": _trilu, "Pad": _pad, "CumSum": _cumsum, "Tile": _tile, "Einsum": _einsum,
+    "InstanceNormalization": _instance_norm, "ConvTranspose": _conv_transpose, "Resize": _resize, "TopK": _topk,
+    "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth,
 }
 
 
-def unsupported_ops(graph) -> list[str]:
-    return sorted({n.op_type for n in graph.node if n.op_type not in OPS and n.op_type != "Constant"}
-                  | {f"{n.domain}::{n.op_type}" for n in graph.node if n.domain not in ("", "ai.onnx")})
+def op_names(graph) -> tuple[str, ...]:
+    """The graph's operators: "Op" for the default domain, "domain::Op" for others (contrib, custom)."""
+    return tuple(sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+                         for n in graph.node}))
+
+
+def unsupported(ops) -> list[str]:
+    """The operators among ``ops`` (op_names) this module cannot run."""
+    return sorted(op for op in ops if op not in OPS and op != "Constant")
 
 
 def load_onnx_module(path: Path, input_names: tuple[str, ...], output_names: tuple[str, ...], where: str):
@@ -445,7 +673,7 @@ def load_onnx_module(path: Path, input_names: tuple[str, ...], output_names: tup
 
     model = onnx.load(str(path))   # external data files beside it are read too
     graph = model.graph
-    missing = unsupported_ops(graph)
+    missing = unsupported(op_names(graph))
     if missing:
         raise UserError("the ONNX graph uses operators the GPU path cannot run", where=where, actual=missing,
                         expected=f"operators among {len(OPS)} supported ones (tritonkit/onnx_torch.py OPS)",
@@ -471,6 +699,8 @@ def load_onnx_module(path: Path, input_names: tuple[str, ...], output_names: tup
             super().__init__()
             self.shape_values: dict[str, Any] = {}
             self.names: dict[str, str] = {}
+            self.small = {name: a for name, a in constants.items()
+                          if a.dtype.kind == "f" and a.size <= SHAPE_CONSTANT_MAX}
             for k, (name, array) in enumerate(constants.items()):
                 if array.dtype == np.int64 and array.ndim <= 1 and array.size <= SHAPE_CONSTANT_MAX:
                     self.shape_values[name] = array.tolist()    # shape-like: stays a Python value
@@ -484,7 +714,7 @@ def load_onnx_module(path: Path, input_names: tuple[str, ...], output_names: tup
             values.update(zip(input_names, inputs))
             first = inputs[0]
             ctx = _Context(first.device, next((b.dtype for b in self.buffers() if b.is_floating_point()),
-                                              torch.float32))
+                                              torch.float32), self.small)
             for node in nodes:
                 args = [values[i] if i else None for i in node.input]
                 out = OPS[node.op_type](ctx, node, *args)
@@ -496,7 +726,8 @@ def load_onnx_module(path: Path, input_names: tuple[str, ...], output_names: tup
 
 
 class _Context:
-    """What an op needs besides its inputs: the device of the inputs and the module's float dtype (ONNX casts to
-    float follow the module, so an FP16 program stays FP16)."""
-    def __init__(self, device, float_dtype):
-        self.device, self.float_dtype = device, float_dtype
+    """What an op needs besides its inputs: the device of the inputs, the module's float dtype (ONNX casts to
+    float follow the module, so an FP16 program stays FP16) and the graph's small float constants as NumPy arrays
+    (scales and bounds an op needs as Python numbers, not traced tensors)."""
+    def __init__(self, device, float_dtype, small):
+        self.device, self.float_dtype, self.small = device, float_dtype, small

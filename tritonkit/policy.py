@@ -16,6 +16,7 @@ from . import defaults
 from .catalogue import GPU, PRECISION_MIN_CC
 from .errors import UserError
 from .hardware import Hardware
+from .onnx_torch import unsupported
 from .plan import (Batching, Capabilities, Decision, EnsembleStep, InstanceGroup, Plan, Profile, SpecRef,
                    TensorConfig, TritonModel, Warmup, plan_filename)
 from .servers import ServerTarget
@@ -39,6 +40,7 @@ class BackendRow:
     reason: str
     code_template: str | None = None    # python backend: templates/python/<name> rendered to model.py
     code_files: tuple[str, ...] = ()    # python backend: modules copied beside model.py
+    any_onnx_op: bool = True            # False: ONNX sources only with operators onnx_torch.OPS interprets
 
     @property
     def label(self) -> str:
@@ -74,7 +76,7 @@ BACKENDS = (
                "this server has only the python backend: model.py runs the source's torch.export program in "
                "PyTorch on the GPU (tensors exchanged with Triton through DLPack; an ONNX graph is interpreted in "
                "torch first)",
-               code_template="program_torch.py.j2", code_files=("opaque_gemms.py",)),
+               code_template="program_torch.py.j2", code_files=("opaque_gemms.py",), any_onnx_op=False),
     BackendRow("python", "onnxruntime", None, _ONNXABLE, False, None, frozenset({"fp32", "int8"}), "onnx", ("model.onnx",),
                "this server has only the python backend: model.py runs the exported ONNX graph with ONNX Runtime "
                "on the CPU", code_template="encoder_onnxruntime.py.j2"),
@@ -83,12 +85,19 @@ BACKENDS = (
 TORCH_RUNTIMES = ("torch", "torch-program")   # python-backend rows that run PyTorch on the GPU (torch.compile)
 
 
-def choose_backend(model: ModelSpec, server: ServerTarget, gpu: GPU | None, caps: Capabilities) -> BackendRow:
+def choose_backend(model: ModelSpec, server: ServerTarget, gpu: GPU | None,
+                   caps: Capabilities) -> tuple[BackendRow, str]:
+    """The first row that can run the model here, and why a row before it could not ("" when none was passed)."""
+    passed = ""
     for row in BACKENDS:
         if (row.backend in server.backends and model.source.format in row.formats
                 and row.needs_gpu in (None, gpu is not None)
                 and (row.tensorrt_build is None or row.tensorrt_build == caps.tensorrt_build)):
-            return row
+            missing = [] if row.any_onnx_op or model.source.format != "onnx" else unsupported(model.onnx_ops)
+            if not missing:
+                return row, passed
+            passed = (f"not {row.label}: the ONNX graph uses operators tritonkit/onnx_torch.py cannot interpret "
+                      f"for the GPU ({', '.join(missing)}); ")
     raise UserError(f"no backend of the {server.name} server can run a {model.source.format} model",
                     where=f"model {model.name}", actual=sorted(server.backends),
                     expected=f"a backend for {model.source.format}",
@@ -352,8 +361,8 @@ def profiles(model: ModelSpec) -> tuple[Profile, ...]:
 def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gpu: GPU | None,
              caps: Capabilities, fleet_ccs: tuple[tuple[int, int], ...],
              decide: Callable[[str, str, str, str], None]) -> TritonModel:
-    row = choose_backend(model, server, gpu, caps)
-    decide(name, "backend", row.label, row.reason)
+    row, passed = choose_backend(model, server, gpu, caps)
+    decide(name, "backend", row.label, passed + row.reason)
     device = gpu if row.uses_gpu else None
     precision, why = choose_precision(model, row, device, hw.cpu_features)
     decide(name, "precision", precision, why)

@@ -8,6 +8,7 @@ silently fall back to a default.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,7 @@ class ModelSpec:
     description: str = ""
     workload: Workload | None = None  # bench payloads; None: the example sentences, or data from dtype and dims
     weights_bytes: int = 0           # size of the source's weight files (0 = unknown); GPU memory planning
+    onnx_ops: tuple[str, ...] = ()   # an ONNX source's operators (onnx_torch.op_names; () = unknown): GPU path or not
     peak_rps: float | None = None    # traffic.peak_rps: requests/s the fleet must serve within the budget (k8s sizing)
 
     @property
@@ -261,7 +263,6 @@ def _source(ctx: _Ctx, where: str, raw: Any, base: Path) -> Source:
     fmt = ctx.choice(f"{where}.format", raw["format"], SOURCE_FORMATS)
     path = ctx.typed(f"{where}.path", raw["path"], str, "'pkg:<python module>' or a path")
     if path.startswith("pkg:"):
-        import importlib.util
         module = path[4:]
         if ctx.sources and importlib.util.find_spec(module) is None:
             ctx.fail(f"{where}.path", "python package with the model weights is not installed", actual=module,
@@ -287,7 +288,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt", ".pth", ".plan")
 def weights_bytes(source: Source) -> int:
     """Bytes of weight files at the source (a file, a folder, or a pkg: module's folder); 0 if unknown."""
     if source.path.startswith("pkg:"):
-        import importlib.util
         spec = importlib.util.find_spec(source.path[4:])
         roots = list(spec.submodule_search_locations or []) if spec else []
     else:
@@ -297,6 +297,20 @@ def weights_bytes(source: Source) -> int:
         files = [root] if root.is_file() else root.rglob("*")
         total += sum(f.stat().st_size for f in files if f.suffix in WEIGHT_SUFFIXES and f.is_file())
     return total
+
+
+def onnx_ops(source: Source) -> tuple[str, ...]:
+    """An ONNX source's operators, read without its external weights; () where unknown: not ONNX, no onnx package,
+    or a file that does not parse (the build step refuses that file with its own message)."""
+    if source.format != "onnx" or importlib.util.find_spec("onnx") is None:
+        return ()
+    import onnx
+
+    from .onnx_torch import op_names
+    try:
+        return op_names(onnx.load(source.path, load_external_data=False).graph)
+    except Exception:   # protobuf's DecodeError and friends
+        return ()
 
 
 def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
@@ -421,7 +435,7 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
                 ctx.fail(f"{where}.{key}", f"only the image-classification pipeline takes '{key}'", actual=pipeline,
                          expected="pipeline: image-classification", fix=f"remove '{key}' or change the pipeline")
     return ModelSpec(name=name, source=source, pipeline=pipeline, inputs=tensors["inputs"],
-                     weights_bytes=weights_bytes(source),
+                     weights_bytes=weights_bytes(source), onnx_ops=onnx_ops(source) if ctx.sources else (),
                      outputs=tensors["outputs"], axes=axes, max_batch_size=mbs, batch_axis=batch_axis,
                      p99_budget_ms=float(p99), tolerance=tolerance, precision=precision, calibration=calibration,
                      calibration_samples=samples,
