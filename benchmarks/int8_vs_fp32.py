@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Served INT8 plan vs served FP32 plan of the example spec on this CPU, side by side in one run.
+"""Served INT8 plan vs served FP32 plan of the example spec on this CPU, side by side in one run (and BF16).
 
 Both plans come from deploy/models.yaml for this host: FP32 as a CPU without INT8 units gets it
 (`--cpu-features none`), INT8 with this host's features (ONNX Runtime dynamic quantization, gated).
@@ -9,7 +9,11 @@ ratio of the best throughputs (also given within the spec's p99 budget). The ser
 (30 bench sentences + 4) and of 60 held-out product reviews (examples/sentiment/reviews.tsv, used by no calibration, gate
 or SmoothQuant choice) are held against SentenceTransformer.encode (FP32): min cosine and top-10 neighbour overlap.
 
-    .venv/bin/python benchmarks/int8_vs_fp32.py [--out benchmarks/results/int8_cpu] [--rounds 2]
+    .venv/bin/python benchmarks/int8_vs_fp32.py [--out benchmarks/results/int8_cpu] [--rounds 2] [--bf16]
+
+--bf16 adds a third plan on a CPU with AMX-BF16: the same spec without its int8 tolerance, which this host's
+features then plan in BF16 (PyTorch in the python backend, oneDNN's AMX kernels); its ratio to FP32 is reported
+beside INT8's and its embeddings are held against sentence-transformers the same way.
 
 Targets (issue 14, for a CPU with VNNI/AMX): ratio >= 2.2, min cosine >= 0.99, overlap >= 0.9.
 """
@@ -57,6 +61,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--concurrency", default="1,4,8,16,32,64")
     ap.add_argument("--requests", type=int, default=600, help="requests per concurrency level")
+    ap.add_argument("--bf16", action="store_true", help="also the BF16 plan (a CPU with AMX-BF16)")
     args = ap.parse_args()
 
     from tritonkit.build import build
@@ -75,16 +80,25 @@ def main() -> int:
     spec = load_spec(defaults.DEFAULT_SPEC)
     features = host_cpu_features()
     work = Path(tempfile.mkdtemp(prefix="tk-int8-"))
-    plans = {"fp32": plan(spec, declared("none", cpu_features=()), SERVERS["embedded"]),
-             "int8": plan(spec, declared("none", cpu_features=features), SERVERS["embedded"])}
-    if plans["int8"].model("minilm_encoder").precision != "int8":
-        print(f"this CPU ({cpu_model()}, features {features}) gets no INT8 plan: nothing to compare", file=sys.stderr)
-        return 2
+    specs = {"fp32": spec, "int8": spec}
+    if args.bf16:    # the spec a user without INT8 tolerance has: BF16 is then this CPU's best
+        no_int8 = work / "bf16.yaml"
+        no_int8.write_text("".join(line for line in defaults.DEFAULT_SPEC.read_text().splitlines(keepends=True)
+                                   if not line.strip().startswith("int8:")))
+        specs["bf16"] = load_spec(no_int8)
+    plans = {"fp32": plan(spec, declared("none", cpu_features=()), SERVERS["embedded"])}
+    plans.update({name: plan(specs[name], declared("none", cpu_features=features), SERVERS["embedded"])
+                  for name in specs if name != "fp32"})
+    for name, p in plans.items():
+        if p.model("minilm_encoder").precision != name:
+            print(f"this CPU ({cpu_model()}, features {features}) gets no {name.upper()} plan: nothing to compare",
+                  file=sys.stderr)
+            return 2
     repos, builds = {}, {}
     for name, p in plans.items():
         repos[name] = work / name / "model_repository"
         write_repository(p, repos[name])
-        for r in build(repos[name], spec=spec, progress=False):
+        for r in build(repos[name], spec=specs[name], progress=False):
             print(r.summary())
         builds[name] = json.loads((repos[name] / "minilm_encoder/1/build.json").read_text())
     levels = tuple(int(x) for x in args.concurrency.split(","))
@@ -95,7 +109,8 @@ def main() -> int:
     held_reference, _ = st_reference(source, held_out, normalize=True)
     runs, accuracy, held_accuracy = [], {}, {}
     for rnd in range(args.rounds):
-        for name in (("fp32", "int8") if rnd % 2 == 0 else ("int8", "fp32")):
+        order = list(plans)
+        for name in order[rnd % len(order):] + order[:rnd % len(order)]:    # each plan goes first in turn
             with EmbeddedServer(ServerOptions(repository=repos[name])) as server:
                 if name not in accuracy:
                     gate = embedding_gate(reference, served_embeddings(server.grpc_url, texts),
@@ -115,6 +130,7 @@ def main() -> int:
                                                       for r in runs if r["round"] == rnd and r["plan"] == name))
     best = {name: max(r["sentences_per_s"] for r in runs if r["plan"] == name) for name in plans}
     ratio = best["int8"] / best["fp32"]
+    ratios = {name: best[name] / best["fp32"] for name in plans if name != "fp32"}
     budget = spec.models[0].p99_budget_ms
     within = {name: max((r["sentences_per_s"] for r in runs if r["plan"] == name and r["p99_ms"] <= budget
                          and not r["errors"]), default=0.0) for name in plans}
@@ -123,7 +139,8 @@ def main() -> int:
               "neighbour_overlap": acc["neighbour_overlap"] >= TARGET_OVERLAP}
     host = {"cpu": cpu_model(), "cores": plans["fp32"].hardware.cpu_cores or len(__import__("os").sched_getaffinity(0)),
             "features": list(features)}
-    record = {"host": host, "best_sentences_per_s": best, "ratio": ratio, "served_accuracy_vs_sentence_transformers": accuracy,
+    record = {"host": host, "best_sentences_per_s": best, "ratio": ratio, "ratios_to_fp32": ratios,
+              "served_accuracy_vs_sentence_transformers": accuracy,
               "within_budget": {"p99_ms": budget, "best_sentences_per_s": within,
                                 "ratio": within["int8"] / within["fp32"] if within["fp32"] else None},
               "held_out_accuracy": {"texts": f"{HELD_OUT.relative_to(ROOT)} ({len(held_out)} reviews: in no "
@@ -135,30 +152,36 @@ def main() -> int:
                             for name, p in plans.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "int8_vs_fp32.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    _plot(runs, best, ratio, acc, host, args.out / "int8_vs_fp32.png")
+    _plot(runs, best, ratios, acc, host, args.out / "int8_vs_fp32.png")
     print(f"{host['cpu']} ({', '.join(features)}): best FP32 {best['fp32']:.0f}/s, INT8 {best['int8']:.0f}/s, "
           f"ratio {ratio:.2f} (target >= {TARGET_RATIO}); served INT8 vs sentence-transformers: min cosine "
           f"{acc['min_cosine']:.4f}, top-10 overlap {acc['neighbour_overlap']:.3f}; {len(held_out)} held-out reviews: "
           f"min cosine {held_accuracy['int8']['min_cosine']:.4f}, overlap {held_accuracy['int8']['neighbour_overlap']:.3f}; "
           f"within the {budget:g} ms p99 budget: ratio {record['within_budget']['ratio'] or 0:.2f}")
+    if "bf16" in plans:
+        b = accuracy["bf16"]
+        print(f"BF16 plan (spec without tolerance.int8): best {best['bf16']:.0f}/s, {ratios['bf16']:.2f}x FP32; min "
+              f"cosine {b['min_cosine']:.5f}, top-10 overlap {b['neighbour_overlap']:.3f}; held-out min cosine "
+              f"{held_accuracy['bf16']['min_cosine']:.5f}")
     print(", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in checks.items()))
     return 0 if all(checks.values()) else 1
 
 
-def _plot(runs, best, ratio, acc, host, path: Path) -> None:
+def _plot(runs, best, ratios, acc, host, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, color in (("fp32", "tab:blue"), ("int8", "tab:orange")):
-        for rnd in sorted({r["round"] for r in runs}):
+    for name, color in (("fp32", "tab:blue"), ("int8", "tab:orange"), ("bf16", "tab:green")):
+        for rnd in sorted({r["round"] for r in runs if r["plan"] == name}):
             pts = sorted((r["concurrency"], r["sentences_per_s"]) for r in runs if r["plan"] == name and r["round"] == rnd)
             ax.plot(*zip(*pts), marker="o", color=color, alpha=1.0 if rnd == 0 else 0.45,
-                    label=f"{name.upper()} plan" if rnd == 0 else None)
+                    label=f"{name.upper()} plan" + (f" ({ratios[name]:.2f}x FP32)" if name in ratios else "")
+                    if rnd == 0 else None)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("requests in flight (one sentence each, gRPC)")
     ax.set_ylabel("sentences/s")
-    ax.set_title(f"served INT8 / FP32 = {ratio:.2f} (best {best['int8']:.0f} vs {best['fp32']:.0f}/s); INT8 vs "
+    ax.set_title(f"served INT8 / FP32 = {ratios['int8']:.2f} (best {best['int8']:.0f} vs {best['fp32']:.0f}/s); INT8 vs "
                  f"sentence-transformers: min cos {acc['min_cosine']:.4f}, top-10 overlap {acc['neighbour_overlap']:.2f}\n"
                  f"{host['cpu']}, {host['cores']} cores, {'+'.join(host['features'])}", fontsize=8.5)
     ax.grid(alpha=0.3)

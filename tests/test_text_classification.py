@@ -124,6 +124,47 @@ def test_served_labels_and_probabilities_match_transformers_over_grpc_and_http(f
     assert in_process == json.loads((EXAMPLE / "metrics.json").read_text())["held_out_accuracy_in_process"]
 
 
+def test_with_a_bf16_tolerance_an_amx_bf16_cpu_serves_the_classifier_as_a_bf16_program(folder, tmp_path):
+    """The sentiment spec plus tolerance.bf16, planned for a CPU with AMX-BF16 (no INT8 tolerance): the classifier
+    is the torch.export program in BF16 on CPU instances, proven at build (top-1 agreement 1), and the held-out
+    reviews are served with transformers' labels and probabilities within BF16's error."""
+    import torch
+    import tritonclient.grpc as grpcclient
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tritonkit.serve import EmbeddedServer, ServerOptions
+    text = (EXAMPLE / "models.yaml").read_text()
+    fp16 = "      fp16: {atol: 5.0e-2, rtol: 1.0e-2}"
+    assert fp16 in text
+    _copy_spec(tmp_path, folder, text.replace(fp16, fp16 + "\n      bf16: {atol: 2.0e-1, rtol: 5.0e-2}"))
+    shutil.copy(EXAMPLE / "held_out.txt", tmp_path)     # the spec's workload
+    repo = tmp_path / "repo"
+    r = cli("render", "--spec", str(tmp_path / "models.yaml"), "--gpu", "none", "--cpu-features", "amx_bf16",
+            "--out", str(repo))
+    assert r.returncode == 0, r.stderr
+    r = cli("build", "--repo", str(repo))
+    assert r.returncode == 0, r.stderr
+    record = json.loads((repo / "sentiment_classifier" / "1" / "build.json").read_text())
+    assert (record["precision"], record["exported_on"], record["validation"]["top1_agreement"]) == ("bf16", "cpu", 1.0)
+    assert 0 < record["validation"]["max_abs_error"] <= 0.2       # BF16 arithmetic, within its tolerance
+    config = (repo / "sentiment_classifier" / "config.pbtxt").read_text()
+    assert "KIND_CPU" in config and 'string_value: "torch-program"' in config
+    texts, _ = _reviews("held_out.tsv")
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True).eval()
+    with torch.no_grad():
+        expected = torch.softmax(model(**tok(texts, padding=True, return_tensors="pt")).logits, -1).numpy()
+    http, grpc, metrics = free_ports(3)
+    with EmbeddedServer(ServerOptions(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                                      log_file=tmp_path / "tritonserver.log")) as server:
+        tensor = grpcclient.InferInput("text", [len(texts), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=object))
+        result = grpcclient.InferenceServerClient(server.grpc_url).infer("sentiment", [tensor])
+    np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=0.05)
+    assert [v.decode() for v in result.as_numpy("label").reshape(-1)] == \
+        [model.config.id2label[i] for i in expected.argmax(1)]
+
+
 def test_bench_sends_the_spec_texts(sentiment_server, tmp_path):
     s = sentiment_server
     report = bench_example(s.repo, s.grpc_url.rsplit(":", 1)[1], "sentiment", "sentiment_classifier", tmp_path,

@@ -41,6 +41,7 @@ class BackendRow:
     code_template: str | None = None    # python backend: templates/python/<name> rendered to model.py
     code_files: tuple[str, ...] = ()    # python backend: modules copied beside model.py
     any_onnx_op: bool = True            # False: ONNX sources only with operators onnx_torch.OPS interprets
+    cpu_bf16: bool = False              # True: only where the plan's CPU precision is BF16 (cpu_bf16_refusal)
 
     @property
     def label(self) -> str:
@@ -77,6 +78,17 @@ BACKENDS = (
                "PyTorch on the GPU (tensors exchanged with Triton through DLPack; an ONNX graph is interpreted in "
                "torch first)",
                code_template="program_torch.py.j2", code_files=("opaque_gemms.py",), any_onnx_op=False),
+    # CPUs with AMX-BF16: PyTorch's oneDNN kernels multiply BF16 on the AMX tiles; ONNX Runtime's CPU kernels have
+    # no BF16 MatMul. The same model.py as the GPU rows, on CPU instances, eager (no torch.compile).
+    BackendRow("python", "torch", False, frozenset({"sentence-transformers"}), False, None, frozenset({"bf16"}),
+               "torch", ("hf/config.json", "hf/model.safetensors"), "BF16 on this CPU's AMX tiles: model.py runs the "
+               "encoder in PyTorch, whose oneDNN kernels multiply BF16 there (ONNX Runtime's CPU kernels have no BF16 "
+               "MatMul)", code_template="encoder_torch.py.j2", code_files=("bert_encoder.py",), cpu_bf16=True),
+    BackendRow("python", "torch-program", False, frozenset({"pytorch", "huggingface", "onnx"}), False, None,
+               frozenset({"bf16"}), "torch_program", ("model.pt2",), "BF16 on this CPU's AMX tiles: model.py runs the "
+               "source's torch.export program in PyTorch, whose oneDNN kernels multiply BF16 there (ONNX Runtime's "
+               "CPU kernels have no BF16 MatMul)", code_template="program_torch.py.j2",
+               code_files=("opaque_gemms.py",), any_onnx_op=False, cpu_bf16=True),
     BackendRow("python", "onnxruntime", None, _ONNXABLE, False, None, frozenset({"fp32", "int8"}), "onnx", ("model.onnx",),
                "this server has only the python backend: model.py runs the exported ONNX graph with ONNX Runtime "
                "on the CPU", code_template="encoder_onnxruntime.py.j2"),
@@ -85,19 +97,20 @@ BACKENDS = (
 TORCH_RUNTIMES = ("torch", "torch-program")   # python-backend rows that run PyTorch on the GPU (torch.compile)
 
 
-def choose_backend(model: ModelSpec, server: ServerTarget, gpu: GPU | None,
-                   caps: Capabilities) -> tuple[BackendRow, str]:
+def choose_backend(model: ModelSpec, server: ServerTarget, gpu: GPU | None, caps: Capabilities,
+                   cpu_features: tuple[str, ...] = ()) -> tuple[BackendRow, str]:
     """The first row that can run the model here, and why a row before it could not ("" when none was passed)."""
     passed = ""
     for row in BACKENDS:
         if (row.backend in server.backends and model.source.format in row.formats
                 and row.needs_gpu in (None, gpu is not None)
-                and (row.tensorrt_build is None or row.tensorrt_build == caps.tensorrt_build)):
+                and (row.tensorrt_build is None or row.tensorrt_build == caps.tensorrt_build)
+                and (not row.cpu_bf16 or cpu_bf16_refusal(model, cpu_features) is None)):
             missing = [] if row.any_onnx_op or model.source.format != "onnx" else unsupported(model.onnx_ops)
             if not missing:
                 return row, passed
             passed = (f"not {row.label}: the ONNX graph uses operators tritonkit/onnx_torch.py cannot interpret "
-                      f"for the GPU ({', '.join(missing)}); ")
+                      f"for {'the GPU' if row.uses_gpu else 'PyTorch'} ({', '.join(missing)}); ")
     raise UserError(f"no backend of the {server.name} server can run a {model.source.format} model",
                     where=f"model {model.name}", actual=sorted(server.backends),
                     expected=f"a backend for {model.source.format}",
@@ -130,7 +143,11 @@ QDQ_BUILDERS = frozenset({"tensorrt"})
 CPU_INT8_FEATURES = {"amx_int8": "AMX-INT8", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI", "avx2": "AVX2"}
 CPU_INT8_WHY = ("ONNX Runtime dynamic quantization (INT8 per-channel weights, activations scaled at run time; "
                 "SmoothQuant scaling where outlier channels fail the gate), proven by the gate of tolerance.int8")
-CPU_NO_BF16_WHY = "BF16: ONNX Runtime's CPU kernels have no BF16 MatMul, so AMX-BF16 buys nothing here"
+CPU_NO_BF16_WHY = "ONNX Runtime's CPU kernels have no BF16 MatMul"
+# Measured in-process on this project's 2-core Xeon (AMX), MiniLM, PyTorch 2 threads, batch 32 (2026-12-01):
+# BF16 weights 1,139 sentences/s vs FP32 363/s; served figures in docs/precision.md.
+CPU_BF16_WHY = ("AMX multiplies BF16 tiles, several times FP32's rate; the range of FP32 with 8 mantissa bits, proven "
+                "by tolerance.bf16")
 
 
 # An image classifier's INT8 gate runs on real images (tritonkit/image_data.py): without any, no INT8 is planned.
@@ -143,13 +160,37 @@ def cpu_int8_unit(features: tuple[str, ...]) -> str | None:
     return next((name for f, name in CPU_INT8_FEATURES.items() if f in features), None)
 
 
+def cpu_int8_refusal(model: ModelSpec, features: tuple[str, ...], row: BackendRow | None = None) -> str | None:
+    """Why INT8 cannot run on this CPU (with `row`, when given), or None if it can."""
+    return ("no tolerance.int8 in the spec" if "int8" not in model.tolerance else
+            f"the {row.label} backend cannot run it" if row is not None and "int8" not in row.precisions else
+            f"this CPU has none of {', '.join(CPU_INT8_FEATURES.values())}" if cpu_int8_unit(features) is None else
+            NO_GATE_IMAGES if model.pipeline == "image-classification" and not model.image_folders else None)
+
+
+def cpu_bf16_refusal(model: ModelSpec, features: tuple[str, ...]) -> str | None:
+    """Why BF16 is not the CPU precision (PyTorch on AMX-BF16), or None if it is: the spec tolerates it, the CPU
+    has AMX-BF16, and INT8 (fewer bits, measured as fast) is neither requested nor possible."""
+    if "bf16" not in model.tolerance:
+        return "no tolerance.bf16 in the spec"
+    if "amx_bf16" not in features:
+        return "this CPU has no AMX-BF16"
+    if model.precision not in ("auto", "bf16"):
+        return f"the spec requests {model.precision}"
+    if model.precision == "auto" and cpu_int8_refusal(model, features) is None:
+        return "INT8 is planned instead"
+    return None
+
+
 def cpu_precision(model: ModelSpec, row: BackendRow, features: tuple[str, ...]) -> tuple[str, str]:
-    """INT8 where the CPU has INT8 dot-product instructions and the spec tolerates it, else FP32."""
+    """INT8 where the CPU has INT8 dot-product instructions and the spec tolerates it, BF16 on a BF16 row (AMX-BF16,
+    chosen by choose_backend), else FP32."""
     unit = cpu_int8_unit(features)
-    why_not = ("no tolerance.int8 in the spec" if "int8" not in model.tolerance else
-               f"the {row.label} backend cannot run it" if "int8" not in row.precisions else
-               f"this CPU has none of {', '.join(CPU_INT8_FEATURES.values())}" if unit is None else
-               NO_GATE_IMAGES if model.pipeline == "image-classification" and not model.image_folders else None)
+    if row.cpu_bf16:
+        return "bf16", ("requested in the spec; " if model.precision == "bf16" else "") + (
+            f"BF16 on the CPU with AMX-BF16 (PyTorch's oneDNN kernels): {CPU_BF16_WHY}" +
+            (f" (not INT8: {cpu_int8_refusal(model, features)})" if model.precision == "auto" else ""))
+    why_not = cpu_int8_refusal(model, features, row)
     if model.precision == "int8" and why_not:
         raise UserError("INT8 cannot run well on this CPU", where=f"model {model.name}: precision", actual=why_not,
                         expected=f"a CPU with {' or '.join(CPU_INT8_FEATURES.values())} and tolerance.int8"
@@ -161,14 +202,18 @@ def cpu_precision(model: ModelSpec, row: BackendRow, features: tuple[str, ...]) 
         return "int8", f"INT8 on the CPU with {unit}, {weights}: {CPU_INT8_WHY}"
     if model.precision not in ("auto", "fp32"):
         raise UserError(f"{model.precision.upper()} cannot run on the CPU with the {row.label} backend",
-                        where=f"model {model.name}: precision", actual=model.precision, expected="fp32 or int8")
+                        where=f"model {model.name}: precision", actual=model.precision,
+                        expected="fp32 or int8; bf16 on a CPU with AMX-BF16 and the embedded server (its python "
+                                 "backend runs PyTorch)" + (f"; here: {why}" if (
+                                     why := cpu_bf16_refusal(model, features)) and model.precision == "bf16" else ""))
     if "fp32" not in model.tolerance:
         raise UserError("this model runs on the CPU in FP32, but the spec gives no FP32 tolerance to validate "
                         "it against", where=f"model {model.name}: tolerance", actual=sorted(model.tolerance),
                         expected="an fp32 entry", fix="add tolerance.fp32 (e.g. {atol: 1.0e-4})")
     if model.precision == "fp32":
         return "fp32", "requested in the spec"
-    return "fp32", f"CPU execution: FP32 (not INT8: {why_not}; {CPU_NO_BF16_WHY})"
+    why_not_bf16 = cpu_bf16_refusal(model, features) or f"the {row.label} backend cannot run it ({CPU_NO_BF16_WHY})"
+    return "fp32", f"CPU execution: FP32 (not INT8: {why_not}; not BF16: {why_not_bf16})"
 
 
 def choose_precision(model: ModelSpec, row: BackendRow, gpu: GPU | None,
@@ -318,8 +363,11 @@ def _tensors(model: ModelSpec, tensors: tuple[Tensor, ...], ragged: bool = False
                  for t in tensors)
 
 
-def compile_mode(gpu: GPU, caps: Capabilities) -> tuple[str, str]:
+def compile_mode(gpu: GPU | None, caps: Capabilities) -> tuple[str, str]:
     """torch.compile mode for the PyTorch path, from the GPU's SM count and inductor's own threshold."""
+    if gpu is None:
+        return "none", ("on the CPU: eager PyTorch, whose oneDNN kernels use AMX as they are (inductor's CPU code "
+                        "would need a C++ compiler where the server runs)")
     if gpu.sm_count >= caps.inductor_min_sms:
         return "max-autotune", (f"{gpu.sm_count} SMs >= {caps.inductor_min_sms} ({caps.inductor_source}): "
                                 "autotuned GEMM kernels pay off; CUDA graphs remove launch overhead")
@@ -361,7 +409,7 @@ def profiles(model: ModelSpec) -> tuple[Profile, ...]:
 def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gpu: GPU | None,
              caps: Capabilities, fleet_ccs: tuple[tuple[int, int], ...],
              decide: Callable[[str, str, str, str], None]) -> TritonModel:
-    row, passed = choose_backend(model, server, gpu, caps)
+    row, passed = choose_backend(model, server, gpu, caps, hw.cpu_features if gpu is None else ())
     decide(name, "backend", row.label, passed + row.reason)
     device = gpu if row.uses_gpu else None
     precision, why = choose_precision(model, row, device, hw.cpu_features)
@@ -589,8 +637,8 @@ def plan(spec: Spec, hardware: Hardware, server: ServerTarget, gpu: GPU | None =
         models.extend(PIPELINES[m.pipeline](m, hardware, server, gpu, caps, fleet_ccs, decide))
     # Only models whose instance count came from the cores make them part of the plan (the tokenizer's is fixed).
     uses_cores = any(g.kind == "KIND_CPU" for m in models if m.role != "tokenizer" for g in m.instances)
-    # ...and the CPU's features only when a model on it could have been INT8 (they decided its precision).
-    uses_features = any(g.kind == "KIND_CPU" and "int8" in spec.model(m.source_model).tolerance
+    # ...and the CPU's features only when a model on it could have been INT8 or BF16 (they decided its precision).
+    uses_features = any(g.kind == "KIND_CPU" and {"int8", "bf16"} & set(spec.model(m.source_model).tolerance)
                         for m in models if m.role in ("encoder", "model") for g in m.instances)
     target = hardware.planned(uses_cores, uses_features)
     decisions.insert(1, Decision("server", "hardware", gpu.describe() if gpu else "CPU only", target.describe()))
