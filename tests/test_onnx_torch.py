@@ -285,3 +285,22 @@ def test_cnn_graphs_as_torch_onnx_writes_them_keep_a_dynamic_batch(tmp_path):
         x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
         got = program(torch.from_numpy(x))[0].detach().numpy()
         np.testing.assert_allclose(got, _ort(path, {"x": x}), rtol=1e-4, atol=1e-4, err_msg=f"batch {batch}")
+
+    # The small-GPU compile mode: inductor checks the SM count when it lowers a convolution, transposed ones
+    # included, so opaque_gemms hands them all to cuDNN; the compiled graph then holds none.
+    import importlib.util
+    import re
+
+    from tests.conftest import compile_recording_ops
+    from tritonkit import defaults
+    spec = importlib.util.spec_from_file_location("opaque_gemms", defaults.TEMPLATES_DIR / "python" / "opaque_gemms.py")
+    gemms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gemms)
+    gemms.opaque_gemms(program)
+    compiled, ops = compile_recording_ops(program)
+    x = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    with torch.inference_mode():
+        np.testing.assert_allclose(compiled(torch.from_numpy(x))[0].numpy(), _ort(path, {"x": x}), rtol=1e-4, atol=1e-4)
+    assert {"tritonkit_gemm.conv2d.default", "tritonkit_gemm.conv_transpose2d.default"} <= ops, sorted(ops)
+    left = sorted(op for op in ops if re.search(r"aten\.(mm|addmm|bmm|matmul|linear|conv\w*|convolution)\b", op))
+    assert left == [], left

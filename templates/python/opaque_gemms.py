@@ -14,6 +14,8 @@ GEMMS = ("linear", "mm", "addmm", "bmm", "matmul")
 # embedding printed the warning on an H200 limited to 38 SMs). Spatial dims of each; defaults of the ATen
 # schema filled in for the arguments a graph node leaves out.
 CONVOLUTIONS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
+# Transposed convolutions (U-Net decoders, upsampling heads) take the same route. (ATen name: spatial dims.)
+TRANSPOSED = {"conv_transpose1d": 1, "conv_transpose2d": 2, "conv_transpose3d": 3}
 
 
 def opaque_gemms(graph_module):
@@ -24,6 +26,8 @@ def opaque_gemms(graph_module):
     anyway. Same numbers as eager (the same cuBLAS calls)."""
     ops = _register_gemms()
     aten = {getattr(torch.ops.aten, name).default: name for name in (*GEMMS, *CONVOLUTIONS)}
+    aten.update({getattr(getattr(torch.ops.aten, name), overload): name for name in TRANSPOSED
+                 for overload in getattr(torch.ops.aten, name).overloads()})   # "default" or "input", by dims
     for gm in graph_module.modules():
         if not isinstance(gm, torch.fx.GraphModule):
             continue
@@ -56,11 +60,15 @@ def _register_gemms():
             fn = getattr(F, name)
             op = torch.library.custom_op(f"tritonkit_gemm::{name}", _convolution(fn), mutates_args=())
             op.register_fake(fn)
+        for name in TRANSPOSED:
+            fn = getattr(F, name)
+            op = torch.library.custom_op(f"tritonkit_gemm::{name}", _transposed(fn), mutates_args=())
+            op.register_fake(fn)
         for name in ("mm", "bmm", "matmul"):
             fn = getattr(torch, name)
             op = torch.library.custom_op(f"tritonkit_gemm::{name}", _two_operands(fn), mutates_args=())
             op.register_fake(fn)
-    return {name: getattr(lib, name).default for name in (*GEMMS, *CONVOLUTIONS)}
+    return {name: getattr(lib, name).default for name in (*GEMMS, *CONVOLUTIONS, *TRANSPOSED)}
 
 
 def _two_operands(fn):
@@ -76,6 +84,9 @@ def _defaults(name):
     if name in CONVOLUTIONS:
         n = CONVOLUTIONS[name]
         return (None, None, None, [1] * n, [0] * n, [1] * n, 1)      # x, weight, bias, stride, padding, dilation, groups
+    if name in TRANSPOSED:
+        n = TRANSPOSED[name]
+        return (None, None, None, [1] * n, [0] * n, [0] * n, 1, [1] * n)  # ..., output_padding, groups, dilation
     return ()
 
 
@@ -83,4 +94,11 @@ def _convolution(fn):
     def op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: List[int],
            padding: List[int], dilation: List[int], groups: int) -> torch.Tensor:
         return fn(x, weight, bias, stride, padding, dilation, groups)
+    return op
+
+
+def _transposed(fn):
+    def op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: List[int],
+           padding: List[int], output_padding: List[int], groups: int, dilation: List[int]) -> torch.Tensor:
+        return fn(x, weight, bias, stride, padding, output_padding, groups, dilation)
     return op
