@@ -247,35 +247,11 @@ def test_cnn_graphs_as_torch_onnx_writes_them_keep_a_dynamic_batch(tmp_path):
     export at batch 2 equals ONNX Runtime at batch 1, 3 and 16."""
     import onnx
     import torch
-    from torch import nn
     from torch.export import Dim
 
-    from tritonkit.export import torch_onnx_export
+    from tests.tiny_models import write_cnn_blocks
     from tritonkit.onnx_torch import load_onnx_module
-    torch.manual_seed(0)
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU6())
-            self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16), nn.Hardswish())
-            self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 4, 1), nn.ReLU(), nn.Conv2d(4, 16, 1),
-                                    nn.Hardsigmoid())
-            self.up = nn.Sequential(nn.ConvTranspose2d(16, 8, 2, 2), nn.GroupNorm(2, 8), nn.SiLU(),
-                                    nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(8, 12, 3, 1, 1),
-                                    nn.Upsample(scale_factor=0.5, mode="bilinear"), nn.PixelShuffle(2))
-
-        def forward(self, x):
-            h = self.dw(self.stem(x))
-            return self.up(h * self.se(h))
-
-    net = Net().eval()
-    for m in net.modules():     # batch norm with statistics of its own, not the identity
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
-    path = tmp_path / "cnn.onnx"
-    torch_onnx_export(net, (torch.randn(2, 3, 32, 32),), path, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset=17)
+    path = write_cnn_blocks(tmp_path)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert {"Clip", "HardSwish", "HardSigmoid", "ConvTranspose", "Resize", "DepthToSpace"} <= ops, ops
     module = load_onnx_module(path, ("x",), ("y",), "test")

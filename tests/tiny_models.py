@@ -230,3 +230,62 @@ def write_cnn_onnx(folder: Path, name: str = "cnn.onnx", seed: int = 0) -> Path:
     path = Path(folder) / name
     path.write_bytes(model.SerializeToString())
     return path
+
+
+# The ops onnx_torch.py added for CNNs, in the shapes torch.onnx writes them: blocks of MobileNetV3 (ReLU6 as Clip,
+# HardSwish, squeeze-excite with HardSigmoid, depthwise convolution, batch norm), a U-Net decoder (ConvTranspose,
+# nearest and bilinear Upsample as Resize, GroupNorm as InstanceNormalization) and a super-resolution head
+# (PixelShuffle as DepthToSpace). image FP32 [batch, 3, 32, 32] -> FP32 [batch, 3, 64, 64]; seeded weights.
+CNN_BLOCKS_SPEC = """# Random-weight CNN blocks (tests/tiny_models.py cnn_blocks): a systems check of the GPU path for an ONNX
+# source with these operators, not a model anyone serves.
+models:
+  - name: cnn_blocks
+    source: {format: onnx, path: cnn_blocks.onnx}
+    inputs: [{name: x, dtype: FP32, dims: [batch, 3, 32, 32]}]
+    outputs: [{name: y, dtype: FP32, dims: [batch, 3, 64, 64]}]
+    max_batch_size: 32
+    latency_budget: {p99_ms: 50}
+    tolerance:
+      fp32: {atol: 1.0e-4, rtol: 1.0e-4}
+      fp16: {atol: 5.0e-2, rtol: 5.0e-2}
+"""
+
+
+def cnn_blocks(seed: int = 0):
+    import torch
+    from torch import nn
+
+    class CnnBlocks(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU6())
+            self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16), nn.Hardswish())
+            self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 4, 1), nn.ReLU(), nn.Conv2d(4, 16, 1),
+                                    nn.Hardsigmoid())
+            self.up = nn.Sequential(nn.ConvTranspose2d(16, 8, 2, 2), nn.GroupNorm(2, 8), nn.SiLU(),
+                                    nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(8, 12, 3, 1, 1),
+                                    nn.Upsample(scale_factor=0.5, mode="bilinear"), nn.PixelShuffle(2))
+
+        def forward(self, x):
+            h = self.dw(self.stem(x))
+            return self.up(h * self.se(h))
+
+    torch.manual_seed(seed)
+    net = CnnBlocks().eval()
+    for m in net.modules():     # batch norm with statistics of its own, not the identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+def write_cnn_blocks(folder: Path) -> Path:
+    """cnn_blocks exported by the kit's exporter to folder/cnn_blocks.onnx (batch axis dynamic), with its spec
+    folder/models.yaml; returns the ONNX path."""
+    import torch
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "cnn_blocks.onnx"
+    torch_onnx_export(cnn_blocks(), (torch.randn(2, 3, 32, 32),), path, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset=ONNX_OPSET)
+    (folder / "models.yaml").write_text(CNN_BLOCKS_SPEC)
+    return path
