@@ -434,7 +434,7 @@ def _build_torch(ctx: BuildContext) -> dict:
     tol = ctx.spec_model.tolerance[ctx.model.precision]
     ctx.step(f"saving and validating the {ctx.model.precision.upper()} PyTorch encoder")
     r = export_torch_encoder(ctx.source, ctx.stage / "hf", ctx.model.precision, atol=tol.atol,
-                             min_cosine=tol.min_cosine or 0.0)
+                             min_cosine=tol.min_cosine or 0.0, on_gpu=ctx.model.on_gpu)
     return {"tool": f"transformers save_pretrained ({ctx.model.precision})", "export_seconds": round(r.seconds, 2),
             "validation": {"samples": len(defaults.VALIDATION_SENTENCES), "max_abs_error": r.max_abs_error,
                            "min_cosine": r.min_cosine, "atol": tol.atol, "min_cosine_required": tol.min_cosine,
@@ -448,7 +448,8 @@ def _build_torch_program(ctx: BuildContext) -> dict:
     sm, precision = ctx.spec_model, ctx.model.precision
     tol = sm.tolerance[precision]
     ctx.step(f"exporting the {precision.upper()} torch.export program and validating it against the source")
-    return export_program(sm, ctx.source, ctx.stage / ctx.model.artifacts[0], precision, atol=tol.atol, rtol=tol.rtol)
+    return export_program(sm, ctx.source, ctx.stage / ctx.model.artifacts[0], precision, atol=tol.atol, rtol=tol.rtol,
+                          on_gpu=ctx.model.on_gpu)
 
 
 # The plan names each model's builder (policy.BackendRow.builder); a name missing here is our bug.

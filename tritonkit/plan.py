@@ -128,6 +128,10 @@ class TritonModel:
         """The backend row: backend, plus what a python model runs ("python (onnxruntime)")."""
         return self.backend + (f" ({self.runtime})" if self.runtime else "")
 
+    @property
+    def on_gpu(self) -> bool:
+        return any(g.kind == "KIND_GPU" for g in self.instances)
+
 
 @dataclass(frozen=True)
 class Plan:

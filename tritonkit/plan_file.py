@@ -142,7 +142,7 @@ def check_serving_host(plans: Plans, repo: Path) -> None:
                         actual=f"backends {sorted({m.backend for m in plan.models})}",
                         expected="a plan for the embedded server (python backend only)",
                         fix="serve it in the NGC image (docker compose up), or re-render with --server embedded")
-    if any(g.kind == "KIND_GPU" for m in plan.models for g in m.instances):
+    if any(m.on_gpu for m in plan.models):
         from .hardware import detect
         host = detect()
         if not host.gpus:

@@ -63,8 +63,9 @@ def pooled_embeddings(folder: Path, sentences, precision: str, device: str, toke
 
 
 def export_torch_encoder(model_dir: Path, dest: Path, precision: str, *, atol: float, min_cosine: float,
-                         sentences=VALIDATION_SENTENCES) -> TorchExport:
-    """Save the transformer of a sentence-transformers folder to dest (config.json + model.safetensors)."""
+                         sentences=VALIDATION_SENTENCES, on_gpu: bool = True) -> TorchExport:
+    """Save the transformer of a sentence-transformers folder to dest (config.json + model.safetensors), validated
+    where it will run: this host's GPU for a GPU plan (the CPU when it has none), the CPU for CPU instances."""
     import numpy as np
     import torch
     from transformers import AutoModel
@@ -89,7 +90,7 @@ def export_torch_encoder(model_dir: Path, dest: Path, precision: str, *, atol: f
         raise UserError(str(exc), where=str(model_dir), expected="a BERT-family encoder for the PyTorch path",
                         fix="serve this model through the ONNX path (a server with onnxruntime or no GPU)") from None
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # as model.py serves it
     got = pooled_embeddings(dest, sentences, precision, device, source)
     ref = load_sentence_transformer(model_dir).encode(list(sentences), normalize_embeddings=True,

@@ -123,8 +123,10 @@ def load_program(path: Path, device: str):
     return move_to_device_pass(torch.export.load(str(path)), device).module()
 
 
-def export_program(sm: ModelSpec, source: Path, out: Path, precision: str, *, atol: float, rtol: float) -> dict:
-    """Export the source to ``out`` in ``precision``, validate the saved program; the build.json record."""
+def export_program(sm: ModelSpec, source: Path, out: Path, precision: str, *, atol: float, rtol: float,
+                   on_gpu: bool = True) -> dict:
+    """Export the source to ``out`` in ``precision``, validate the saved program; the build.json record. Exported
+    and validated where it will run: this host's GPU for a GPU plan (the CPU when it has none), else the CPU."""
     import copy
 
     import torch
@@ -133,7 +135,7 @@ def export_program(sm: ModelSpec, source: Path, out: Path, precision: str, *, at
     if precision not in TORCH_PRECISIONS:
         raise UserError("precision not supported by the torch.export path", where=f"model {sm.name}",
                         actual=precision, expected=sorted(TORCH_PRECISIONS))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, TORCH_PRECISIONS[precision])
     module, checks, reference_name, extras, reference = _source(sm, source)
     # FP32 means FP32: TF32 would change the numbers this validation is about
