@@ -39,6 +39,17 @@ def bench_example(repo: Path, grpc_port: int | str, model: str, counted: str, re
     return report
 
 
+def opaque_gemms_module():
+    """templates/python/opaque_gemms.py as model.py loads it: a module from the file beside it."""
+    import importlib.util
+
+    from tritonkit import defaults
+    spec = importlib.util.spec_from_file_location("opaque_gemms", defaults.TEMPLATES_DIR / "python" / "opaque_gemms.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def compile_recording_ops(module):
     """(torch.compile(module, dynamic) whose backend records every op of the graph it is handed, that set)."""
     import torch

@@ -183,21 +183,17 @@ def test_small_gpu_mode_also_keeps_the_patch_convolution_from_inductor(tmp_path)
     """A ViT starts with a convolution; inductor's conv templates make the same SM check as its GEMMs (an H200
     limited to 38 SMs printed the warning for this model). After opaque_gemms the compiled graph holds neither,
     and the numbers are the program's."""
-    import importlib.util
     import re
 
     import torch
 
-    from tests.conftest import compile_recording_ops
-    from tritonkit import defaults
+    from tests.conftest import compile_recording_ops, opaque_gemms_module
     from tritonkit.spec import load_spec
     from tritonkit.torch_program import export_program, load_program
     sm = load_spec(EXAMPLE / "models.yaml").models[0]
     export_program(sm, EXAMPLE / "model", tmp_path / "model.pt2", "fp32", atol=1e-4, rtol=1e-4)
     program = load_program(tmp_path / "model.pt2", "cpu")
-    spec = importlib.util.spec_from_file_location("opaque_gemms", defaults.TEMPLATES_DIR / "python" / "opaque_gemms.py")
-    gemms = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gemms)
+    gemms = opaque_gemms_module()
     x = torch.randn(5, 1, 8, 8)
     with torch.inference_mode():
         want = program(x)[0]

@@ -264,14 +264,10 @@ def test_cnn_graphs_as_torch_onnx_writes_them_keep_a_dynamic_batch(tmp_path):
 
     # The small-GPU compile mode: inductor checks the SM count when it lowers a convolution, transposed ones
     # included, so opaque_gemms hands them all to cuDNN; the compiled graph then holds none.
-    import importlib.util
     import re
 
-    from tests.conftest import compile_recording_ops
-    from tritonkit import defaults
-    spec = importlib.util.spec_from_file_location("opaque_gemms", defaults.TEMPLATES_DIR / "python" / "opaque_gemms.py")
-    gemms = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gemms)
+    from tests.conftest import compile_recording_ops, opaque_gemms_module
+    gemms = opaque_gemms_module()
     gemms.opaque_gemms(program)
     compiled, ops = compile_recording_ops(program)
     x = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)

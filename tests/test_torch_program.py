@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import cli, compile_recording_ops, free_ports, infer_texts_at_once
+from tests.conftest import cli, compile_recording_ops, free_ports, infer_texts_at_once, opaque_gemms_module
 from tritonkit.hardware import declared
 from tritonkit.plan import InstanceGroup
 from tritonkit.policy import plan
@@ -108,14 +108,10 @@ def test_concurrent_texts_of_mixed_lengths_match_transformers(sentiment_server):
 def test_small_gpu_mode_hands_every_gemm_of_the_program_to_cublas(sentiment_server):
     """opaque_gemms.py (the T4 plan's compile mode): the graph torch.compile lowers holds no GEMM, only
     tritonkit_gemm ops, and the numbers are the program's."""
-    import importlib.util
-
     import torch
-    from tritonkit import defaults
+
     from tritonkit.torch_program import load_program
-    spec = importlib.util.spec_from_file_location("opaque_gemms", defaults.TEMPLATES_DIR / "python" / "opaque_gemms.py")
-    gemms = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gemms)
+    gemms = opaque_gemms_module()
     program = load_program(sentiment_server.repo / "sentiment_classifier" / "1" / "model.pt2", "cpu")
     ids = torch.randint(1000, 2000, (3, 24))
     mask = torch.ones_like(ids)
