@@ -71,6 +71,7 @@ QUEUE_BATCHES = 4
 # turns it into a late answer instead of an error.
 TRITON_BATCHER_RECHECK_US = 500_000
 MIN_INSTANCES_WITH_QUEUE_POLICY = 2
+SPEC_INSTANCES_MAX = 64            # a spec's `instances:` (each is a process for the python backend)
 # Requests queued longer than this multiple of the p99 budget are rejected (shed load, don't queue
 # forever), but never sooner than the batcher's re-check plus the budget (above). Not 1x: a request that
 # is merely slow should be answered late rather than failed.

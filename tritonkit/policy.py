@@ -303,14 +303,23 @@ def gpu_instances(gpu: GPU, backend: str = "") -> tuple[int, str]:
                    ("leave room to overlap two requests" if count > 1 else "are too few to share between instances"))
 
 
-def cpu_instances(cores: int, minimum: int = 1) -> tuple[int, int, str]:
+def cpu_instances(cores: int, minimum: int = 1, requested: int | None = None) -> tuple[int, int, str]:
+    """(instances, intra-op threads each, why); `requested`: the spec's count, which only the threads follow."""
     count = max(minimum, min(cores, CPU_INSTANCES_MAX))
     threads = max(1, cores // count)
     why = (f"{count} instance(s) x {threads} intra-op thread(s) = {count * threads} of {cores} cores: "
            "independent sessions batch better than one session's threads")
-    if count > cores:
-        return count, threads, why + "; " + QUEUED_LONE_INSTANCE
-    return count, threads, why + "; no oversubscription"
+    why += "; " + QUEUED_LONE_INSTANCE if count > cores else "; no oversubscription"
+    if requested is None:
+        return count, threads, why
+    threads = max(1, cores // requested)
+    return requested, threads, f"from the spec, {threads} intra-op thread(s) each (the policy's choice: {why})"
+
+
+def spec_gpu_instances(model: ModelSpec, count: int, why: str) -> tuple[int, str]:
+    """The spec's `instances` per GPU where it gives one (memory may still cut it), else the policy's."""
+    return (count, why) if model.instances is None else (model.instances,
+                                                        f"from the spec (the policy's choice: {count}: {why})")
 
 
 QUEUED_LONE_INSTANCE = (f"at least {defaults.MIN_INSTANCES_WITH_QUEUE_POLICY} because the queue is bounded: Triton's "
@@ -418,7 +427,7 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
     if device is not None:
         count, why = gpu_instances(device, row.backend)
         count, raised = queued_gpu_instances(count, bounded=model.max_batch_size > 0)
-        why += raised
+        count, why = spec_gpu_instances(model, count, why + raised)
         count, mem_why = fit_instances(count, model, device)
         if model.max_batch_size and count < defaults.MIN_INSTANCES_WITH_QUEUE_POLICY:
             mem_why += (f"; with one instance a burst may wait for the batcher's "
@@ -431,7 +440,7 @@ def _encoder(model: ModelSpec, name: str, hw: Hardware, server: ServerTarget, gp
         groups = (InstanceGroup("KIND_GPU", count, pinned),)
     else:
         count, threads, why = cpu_instances(
-            hw.cpu_cores, defaults.MIN_INSTANCES_WITH_QUEUE_POLICY if model.max_batch_size else 1)
+            hw.cpu_cores, defaults.MIN_INSTANCES_WITH_QUEUE_POLICY if model.max_batch_size else 1, model.instances)
         groups = (InstanceGroup("KIND_CPU", count),)
         params.append(("intra_op_thread_count", str(threads)))
     decide(name, "instances", f"{count} x {groups[0].kind}", why)

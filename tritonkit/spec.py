@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import defaults
 from .dtypes import ALIASES as DTYPE_ALIASES
 from .dtypes import DTYPES
 from .errors import UserError
@@ -121,6 +122,7 @@ class ModelSpec:
     weights_bytes: int = 0           # size of the source's weight files (0 = unknown); GPU memory planning
     onnx_ops: tuple[str, ...] = ()   # an ONNX source's operators (onnx_torch.op_names; () = unknown): GPU path or not
     peak_rps: float | None = None    # traffic.peak_rps: requests/s the fleet must serve within the budget (k8s sizing)
+    instances: int | None = None     # instances of the model (per GPU; on a CPU, in all); None: the policy decides
 
     @property
     def batched(self) -> bool:
@@ -317,7 +319,7 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
     raw = ctx.mapping(where, raw, ("name", "source", "inputs", "outputs", "max_batch_size", "latency_budget",
                                    "tolerance"),
                       ("pipeline", "axes", "batch_axis", "precision", "calibration", "text_input", "description",
-                       "workload", "traffic", "image_input", "image", "labels"))
+                       "workload", "traffic", "image_input", "image", "labels", "instances"))
     name = ctx.typed(f"{where}.name", raw["name"], str, "a model name")
     if not NAME_RE.match(name):
         ctx.fail(f"{where}.name", "invalid model name", actual=name,
@@ -331,6 +333,12 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
     if mbs < 0:
         ctx.fail(f"{where}.max_batch_size", "must be >= 0", actual=mbs, expected=">= 0 (0 disables batching)")
     batch_axis = ctx.typed(f"{where}.batch_axis", raw.get("batch_axis", "batch"), str, "an axis name")
+    instances = raw.get("instances")
+    if instances is not None:
+        expected = f"an int from 1 to {defaults.SPEC_INSTANCES_MAX} (per GPU; on a CPU, in all)"
+        ctx.typed(f"{where}.instances", instances, int, expected)
+        if not 1 <= instances <= defaults.SPEC_INSTANCES_MAX:
+            ctx.fail(f"{where}.instances", "out of range", actual=instances, expected=expected)
 
     tensors = {}
     for kind in ("inputs", "outputs"):
@@ -440,6 +448,7 @@ def _model(ctx: _Ctx, where: str, raw: Any, base: Path) -> ModelSpec:
                      p99_budget_ms=float(p99), tolerance=tolerance, precision=precision, calibration=calibration,
                      calibration_samples=samples,
                      text_input=text_input, description=str(raw.get("description", "")), peak_rps=peak_rps,
+                     instances=instances,
                      image_input=image_input, image=image, labels=labels,
                      workload=_workload(ctx, f"{where}.workload", raw["workload"], base) if "workload" in raw else None)
 

@@ -1,7 +1,7 @@
 """Property 1: every malformed spec fails through the real CLI with its specific message, and the
 repository it was pointed at stays byte-identical.
 
-The corpus is tests/specs/ (66 files, each the valid spec broken in one place, its expected field path
+The corpus is tests/specs/ (68 files, each the valid spec broken in one place, its expected field path
 and message fragments in its header; see tests/specs/README.md), reused as-is from tests/test_spec.py.
 Here each one goes through `tools/render.py --spec BAD --out REPO` as a separate process, against a
 repository that a previous render wrote, and the tree is hashed before and after.
