@@ -94,7 +94,7 @@ BACKENDS = (
                "on the CPU", code_template="encoder_onnxruntime.py.j2"),
 )
 
-TORCH_RUNTIMES = ("torch", "torch-program")   # python-backend rows that run PyTorch on the GPU (torch.compile)
+TORCH_RUNTIMES = ("torch", "torch-program")   # python-backend rows that run PyTorch (torch.compile on a GPU)
 
 
 def choose_backend(model: ModelSpec, server: ServerTarget, gpu: GPU | None, caps: Capabilities,
