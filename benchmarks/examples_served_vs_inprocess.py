@@ -4,7 +4,8 @@
 Examples: examples/digits/models.yaml (pipeline none: 64 pixel values in), examples/digits/images.yaml
 (PNG bytes -> Pillow pre-processing -> classifier -> softmax + label), examples/sentiment/models.yaml
 (text -> tokenizer -> classifier -> softmax + label; `train.py --assemble` first if its model/ is missing),
-examples/digits_vit/models.yaml (the image pipeline with a Hugging Face ViT, pre-processing from its folder).
+examples/digits_vit/models.yaml (the image pipeline with a Hugging Face ViT, pre-processing from its folder);
+also digits_4_instances, examples/digits/instances.yaml: the digits MLP with `instances: 4` (not in the default list).
 
 Per example: the spec is rendered for this host's CPU (`--gpu none`) and built. In-process = the built
 artifacts in this Python process with no server: the same pre-processing code (templates/python/image_ops.py,
@@ -36,6 +37,7 @@ from tritonkit import defaults  # noqa: E402
 
 GOAL = 0.8
 EXAMPLES = {"digits": ROOT / "examples" / "digits" / "models.yaml",
+            "digits_4_instances": ROOT / "examples" / "digits" / "instances.yaml",
             "digits_images": ROOT / "examples" / "digits" / "images.yaml",
             "sentiment": ROOT / "examples" / "sentiment" / "models.yaml",
             "digits_vit": ROOT / "examples" / "digits_vit" / "models.yaml"}
@@ -52,7 +54,7 @@ def _session(path: Path, threads: int):
 def pipelines(name: str, repo: Path, spec_model):
     """(items, make(threads) -> run(batch of items)): what one in-process worker does per batch."""
     import numpy as np
-    if name == "digits":
+    if spec_model.name == "digits":     # models.yaml and instances.yaml: the MLP on 64 pixel values
         items = list(np.load(ROOT / "examples" / "digits" / "digits_test.npz")["pixels"])
 
         def make(threads):
@@ -185,7 +187,7 @@ def plot(results: dict, path: Path, host: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--examples", default=",".join(EXAMPLES))
+    ap.add_argument("--examples", default=",".join(n for n in EXAMPLES if n != "digits_4_instances"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "examples_served_vs_inprocess")
     ap.add_argument("--seconds", type=float, default=3.0, help="per in-process batch size")
     ap.add_argument("--requests", type=int, default=1500, help="served requests per concurrency level")
