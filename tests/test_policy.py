@@ -482,6 +482,9 @@ def test_the_specs_instance_count_overrides_the_policys_and_says_both():
     huge = dataclasses.replace(MODEL, instances=64, weights_bytes=4 * GIB)
     cut = plan(Spec(path=SPEC.path, models=(huge,)), hardware("T4"), server_target("ngc"))
     assert cut.model("minilm_encoder").instances[0].count < 64         # 64 x 4 GiB do not fit a T4's 16 GiB
+    example = load_spec(defaults.PROJECT_ROOT / "examples" / "digits" / "instances.yaml")
+    digits = plan(example, declared("none", cpu_cores=2, cpu_features=()), server_target("embedded")).model("digits")
+    assert digits.instances[0].count == 4
 
 
 def test_torchscript_on_embedded_server_is_refused():
