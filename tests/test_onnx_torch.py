@@ -147,7 +147,7 @@ def test_an_onnx_image_classifier_planned_for_a_gpu_is_built_and_served_as_a_pro
 # One node per case, checked against ONNX Runtime eagerly and as a torch.export program with a dynamic batch:
 # the operators added for CNNs (MobileNet's HardSwish, U-Net's ConvTranspose and Resize, super-resolution's
 # DepthToSpace), masks (Trilu, CumSum) and heads (TopK). (id, op, input shapes, constants, attributes, opset,
-# outputs)
+# outputs). A constant named "" is an omitted optional input (ONNX's empty input name).
 R = np.random.default_rng(7)
 F32 = np.float32
 OP_CASES = [

@@ -524,7 +524,8 @@ RESIZE_MODES = {
     ("cubic", "half_pixel", -0.75): ("cubic", False), ("cubic", "pytorch_half_pixel", -0.75): ("cubic", False),
     ("cubic", "align_corners", -0.75): ("cubic", True),
 }
-LINEAR_BY_SPATIAL = {"linear": ("linear", "bilinear", "trilinear"), "cubic": (None, "bicubic", None),
+# torch.nn.functional.interpolate's mode for each prefix, by the number of spatial axes (1, 2, 3).
+INTERPOLATE_MODES = {"linear": ("linear", "bilinear", "trilinear"), "cubic": (None, "bicubic", None),
                      "nearest": ("nearest", "nearest", "nearest")}
 
 
@@ -537,7 +538,7 @@ def _resize(ctx, node, x, roi=None, scales=None, sizes=None):
     key = (mode, _text(at.get("coordinate_transformation_mode", "half_pixel")), detail)
     spatial = x.dim() - 2
     kind = RESIZE_MODES.get(key)
-    torch_mode = LINEAR_BY_SPATIAL[kind[0]][spatial - 1] if kind and 1 <= spatial <= 3 else None
+    torch_mode = INTERPOLATE_MODES[kind[0]][spatial - 1] if kind and 1 <= spatial <= 3 else None
     if torch_mode is None:
         raise UserError("a Resize torch cannot reproduce", actual=f"{key}, {spatial} spatial axes",
                         expected=f"one of {sorted(map(str, RESIZE_MODES))} over 1-3 spatial axes")
@@ -552,9 +553,8 @@ def _resize(ctx, node, x, roi=None, scales=None, sizes=None):
 
 def _topk(ctx, node, x, k):
     at = _attrs(node)
-    values, indices = x.topk(_ints(k)[0], dim=at.get("axis", -1), largest=bool(at.get("largest", 1)),
-                             sorted=bool(at.get("sorted", 1)))
-    return values, indices
+    return tuple(x.topk(_ints(k)[0], dim=at.get("axis", -1), largest=bool(at.get("largest", 1)),
+                        sorted=bool(at.get("sorted", 1))))     # (values, indices)
 
 
 def _depth_to_space(ctx, node, x):
